@@ -1,0 +1,28 @@
+"""The Scheduler interface: workload + costs + cluster -> Plan."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+
+import numpy as np
+
+from mosaic.core.types import Cluster, Plan, Workload
+from mosaic.predictors.interface import CostModel
+
+
+class Scheduler(ABC):
+    """Decides what each worker loads and which requests it runs, in which order."""
+
+    name: str = "base"
+
+    @abstractmethod
+    def plan(
+        self,
+        workload: Workload,
+        costs: CostModel,
+        cluster: Cluster,
+        rng: np.random.Generator,
+        resident: Mapping[int, str | None] | None = None,
+    ) -> Plan:
+        """A plan for every request of ``workload``. ``resident``: expert already loaded per worker."""

@@ -1,0 +1,5 @@
+"""Command-line interface (filled in by the foundation issue)."""
+
+
+def main() -> None:
+    raise SystemExit("not yet")

@@ -1,0 +1,164 @@
+"""The typed run configuration: YAML file + ``a.b=value`` overrides, validated into one tree.
+
+Every invalid value raises one :class:`ConfigError` naming the field (``cluster.workers``) and why.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from mosaic.core.errors import ConfigError
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExpertCfg(_Cfg):
+    """One expert LLM as the config names it."""
+
+    name: str = Field(min_length=1)
+    model_id: str = Field(min_length=1)
+    params_b: float = Field(gt=0, description="parameters, in billions")
+    kind: Literal["instruct", "reasoning"]
+    memory_gb: float | None = Field(None, gt=0, description="GPU memory of the weights; default 2 bytes/param")
+    mean_output_tokens: float = Field(gt=0, description="profiled mean output length (the paper's cost input)")
+    system_prompt_tokens: int = Field(0, ge=0, description="tokens the expert's system prompt adds per request")
+
+
+class WorkloadCfg(_Cfg):
+    """Which questions, which experts, how queries are routed."""
+
+    preset: Literal["mmlu_pro", "medmcqa", "gpqa", "custom"] = "medmcqa"
+    num_queries: int | None = Field(None, gt=0, description="override the preset's size")
+    questions: str = Field("auto", description="auto | synthetic | PATH to a JSONL/JSON/CSV question file")
+    k: int = Field(3, gt=0, description="experts per query")
+    skew: float = Field(1.0, ge=0, description="routing skew: 0 = uniform demand, larger = more skewed")
+    experts: list[ExpertCfg] | None = Field(None, description="default: the preset's six paper experts")
+    aggregator: str | None = Field(None, description="expert name of the aggregator; default: the preset's")
+    arrival_rate: float | None = Field(None, gt=0, description="queries/s (Poisson); default: all at t=0")
+
+
+class ResponsesCfg(_Cfg):
+    """Where the ground-truth answers and output lengths come from."""
+
+    model: Literal["synthetic", "recorded"] = "synthetic"
+    path: str | None = Field(None, description="recorded: JSONL trace or RouterBench-style CSV")
+
+
+class ClusterCfg(_Cfg):
+    workers: int = Field(4, gt=0)
+    gpu_type: str = "A100-80GB"
+    memory_gb: float = Field(80.0, gt=0)
+
+
+class CostsCfg(_Cfg):
+    profile: str = Field("roofline", description="roofline | PATH to a CostProfile YAML/JSON")
+    predictor: str = Field("mean", description="mean | linear | lightgbm:PATH")
+
+
+class RuntimeCfg(_Cfg):
+    backend: str = "sim"
+    max_batch: int = Field(256, gt=0, description="max concurrent sequences per engine")
+
+
+class AggregationCfg(_Cfg):
+    mode: Literal["always", "adaptive"] = "always"
+    threshold: float = Field(1.0, gt=0, le=1, description="skip when confidence >= threshold")
+
+
+class TrackingCfg(_Cfg):
+    mode: Literal["offline", "online", "disabled"] = "offline"
+    project: str = "mosaic"
+    entity: str | None = None
+
+
+class RunConfig(_Cfg):
+    """One experiment: workload, cluster, costs, runtime, schedulers, tracking."""
+
+    name: str = "run"
+    seed: int = Field(0, ge=0)
+    workload: WorkloadCfg = WorkloadCfg()
+    responses: ResponsesCfg = ResponsesCfg()
+    cluster: ClusterCfg = ClusterCfg()
+    costs: CostsCfg = CostsCfg()
+    runtime: RuntimeCfg = RuntimeCfg()
+    aggregation: AggregationCfg = AggregationCfg()
+    tracking: TrackingCfg = TrackingCfg()
+    scheduler: str = "round-robin"
+    baseline: str = Field("round-robin", description="speedups are reported against this scheduler")
+    out_dir: str = "runs"
+
+    @field_validator("scheduler", "baseline")
+    @classmethod
+    def _nonempty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v
+
+
+def _set_path(tree: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = tree
+    for k in keys[:-1]:
+        child = node.setdefault(k, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"config override {dotted!r}: {k!r} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(tree: dict, overrides: Sequence[str]) -> dict:
+    """Apply ``a.b=value`` strings (values parsed as YAML scalars) to a raw config tree."""
+    out = yaml.safe_load(yaml.safe_dump(tree)) or {}
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"config override {item!r} is not of the form section.field=value")
+        _set_path(out, key.strip(), yaml.safe_load(raw))
+    return out
+
+
+def _format(err: ValidationError, source: str) -> str:
+    lines = []
+    for e in err.errors():
+        field = ".".join(str(p) for p in e["loc"]) or "(root)"
+        got = "" if e["type"] == "missing" else f" (got {e.get('input')!r})"
+        lines.append(f"config field '{field}': {e['msg']}{got}")
+    return f"invalid config {source}: " + "; ".join(lines)
+
+
+def parse_config(tree: dict, source: str = "<dict>") -> RunConfig:
+    """Validate a raw tree; one ConfigError lists every bad field."""
+    if not isinstance(tree, dict):
+        raise ConfigError(f"invalid config {source}: the top level must be a mapping, got {type(tree).__name__}")
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as err:
+        raise ConfigError(_format(err, source)) from None
+
+
+def load_config(path: str | Path | None, overrides: Sequence[str] = ()) -> RunConfig:
+    """Read a YAML config (or defaults when ``path`` is None) and apply CLI overrides."""
+    tree: dict = {}
+    source = "<defaults>"
+    if path is not None:
+        p = Path(path)
+        source = str(p)
+        if not p.is_file():
+            raise ConfigError(f"config file {p} does not exist")
+        try:
+            tree = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"config file {p} is not valid YAML: {err}") from None
+    return parse_config(apply_overrides(tree, overrides), source)
+
+
+def config_to_dict(cfg: RunConfig) -> dict:
+    """Plain dict (for W&B and the run directory)."""
+    return cfg.model_dump(mode="json")

@@ -1,0 +1,76 @@
+"""Cost interfaces: per-(expert, GPU type) costs, length predictors, and the CostModel schedulers use."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mosaic.core.types import Request, Workload
+
+
+@dataclass(frozen=True, slots=True)
+class ModelCost:
+    """Profiled costs of one expert on one GPU type.
+
+    A decode step of a batch of ``b`` sequences holding ``kv`` tokens of KV cache takes
+    ``step_base_s + step_per_seq_s * b + step_per_kv_token_s * kv`` seconds.
+    """
+
+    load_s: float  # seconds to load the weights and start the engine
+    prefill_tps: float  # prompt tokens per second
+    step_base_s: float  # seconds per decode step, fixed part (weights read once)
+    step_per_seq_s: float  # extra seconds per step per sequence in the batch
+    step_per_kv_token_s: float  # extra seconds per step per KV-cache token
+    memory_gb: float  # weights + runtime overhead on the GPU
+    max_batch: int = 256  # engine's max concurrent sequences
+    kv_capacity_tokens: int = 1_000_000  # KV-cache tokens that fit next to the weights
+
+    def step_time(self, batch: int, kv_tokens: float) -> float:
+        return self.step_base_s + self.step_per_seq_s * batch + self.step_per_kv_token_s * kv_tokens
+
+
+class LengthPredictor(ABC):
+    """Predicts output tokens per request (the paper: per-expert mean; we add per-query models)."""
+
+    name: str = "base"
+
+    @abstractmethod
+    def predict(self, workload: Workload, requests: Sequence[Request]) -> np.ndarray:
+        """Predicted output tokens, one float per request, in the order given."""
+
+
+class CostModel(ABC):
+    """Seconds per request and per model load, as schedulers and bounds see them (never true lengths)."""
+
+    @abstractmethod
+    def model_cost(self, expert: str, gpu_type: str) -> ModelCost:
+        """The profiled costs of ``expert`` on ``gpu_type``."""
+
+    @abstractmethod
+    def predicted_tokens(self, request: Request) -> float:
+        """Predicted output tokens of ``request``."""
+
+    def load_seconds(self, expert: str, gpu_type: str) -> float:
+        return self.model_cost(expert, gpu_type).load_s
+
+    @abstractmethod
+    def request_seconds(self, request: Request, gpu_type: str, batch: int | None = None) -> float:
+        """Worker-seconds ``request`` adds when it shares a batch of ``batch`` sequences
+        (default: the engine's max batch): prefill plus its share of the decode steps."""
+
+    @abstractmethod
+    def request_latency(self, request: Request, gpu_type: str) -> float:
+        """Seconds ``request`` takes alone (batch of one): a floor on any schedule that runs it."""
+
+    def group_seconds(self, requests: Sequence[Request], gpu_type: str) -> float:
+        """Estimated seconds for one worker to run ``requests`` of one expert with continuous batching
+        (no load): amortised work at the batch the group can fill, never below its slowest request."""
+        if not requests:
+            return 0.0
+        mc = self.model_cost(requests[0].expert, gpu_type)
+        batch = max(1, min(len(requests), mc.max_batch))
+        work = sum(self.request_seconds(r, gpu_type, batch) for r in requests)
+        return max(work, max(self.request_latency(r, gpu_type) for r in requests))

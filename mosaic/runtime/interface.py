@@ -1,0 +1,52 @@
+"""The Backend interface: something that runs one stage of a Plan and records it in the Trace."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from mosaic.core.trace import TraceWriter
+from mosaic.core.types import Cluster, Plan, Responses, Workload
+
+
+@dataclass(frozen=True, slots=True)
+class StageResult:
+    """Timing of one stage as a backend ran it."""
+
+    stage: str  # "expert" | "aggregation"
+    start: float  # seconds, run clock
+    end: float  # seconds, when the last worker finished
+    worker_end: Mapping[int, float]  # worker id -> when it finished its last request
+    resident: Mapping[int, str | None]  # worker id -> expert loaded when the stage ended
+    responses: Responses  # what each (query, expert) of the stage answered
+    busy: Mapping[int, float] = field(default_factory=dict)  # worker id -> seconds serving requests
+    loading: Mapping[int, float] = field(default_factory=dict)  # worker id -> seconds loading models
+
+    @property
+    def makespan(self) -> float:
+        return self.end - self.start
+
+
+class Backend(ABC):
+    """Runs a stage of a plan on workers (simulated or real engines) and writes every record."""
+
+    name: str = "base"
+
+    @abstractmethod
+    def run_stage(
+        self,
+        stage: str,
+        plan: Plan,
+        workload: Workload,
+        cluster: Cluster,
+        trace: TraceWriter,
+        start: float = 0.0,
+        resident: Mapping[int, str | None] | None = None,
+    ) -> StageResult:
+        """Run every request of ``plan`` (all workers start at ``start``, with ``resident`` loaded),
+        append a LoadRecord per load and a RequestRecord per request to ``trace``."""
+
+    def close(self) -> None:
+        """Release engines and processes (nothing to release by default)."""
+        return None
