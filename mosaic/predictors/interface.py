@@ -43,7 +43,15 @@ class LengthPredictor(ABC):
 
 
 class CostModel(ABC):
-    """Seconds per request and per model load, as schedulers and bounds see them (never true lengths)."""
+    """Seconds per request and per model load, as schedulers and bounds see them (never true lengths).
+
+    A cost model is bound to one workload (:meth:`bind`), so per-request predictions are computed
+    once; the executor binds it again for the aggregation stage's workload.
+    """
+
+    @abstractmethod
+    def bind(self, workload: Workload) -> CostModel:
+        """A cost model of the same profile and predictor whose predictions cover ``workload``."""
 
     @abstractmethod
     def model_cost(self, expert: str, gpu_type: str) -> ModelCost:
@@ -64,6 +72,10 @@ class CostModel(ABC):
     @abstractmethod
     def request_latency(self, request: Request, gpu_type: str) -> float:
         """Seconds ``request`` takes alone (batch of one): a floor on any schedule that runs it."""
+
+    def seconds_array(self, requests: Sequence[Request], gpu_type: str, batch: int | None = None) -> np.ndarray:
+        """``request_seconds`` of each request as one float array (implementations vectorise this)."""
+        return np.array([self.request_seconds(r, gpu_type, batch) for r in requests], dtype=float)
 
     def group_seconds(self, requests: Sequence[Request], gpu_type: str) -> float:
         """Estimated seconds for one worker to run ``requests`` of one expert with continuous batching
