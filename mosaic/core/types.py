@@ -189,12 +189,13 @@ class Plan:
         n = len(workload.requests)
         for w, reqs in self.order.items():
             for r in reqs:
-                if not 0 <= r < n:
-                    raise PlanError(f"plan {self.scheduler!r}: worker {w} runs unknown request {r}")
                 if r in seen:
                     raise PlanError(f"plan {self.scheduler!r}: request {r} is assigned twice")
                 seen.add(r)
-            expected = serving_sequence(workload, reqs)
+            try:
+                expected = serving_sequence(workload, reqs)
+            except PlanError as err:
+                raise PlanError(f"plan {self.scheduler!r}: worker {w}: {err}") from None
             if tuple(self.placement.get(w, ())) != expected:
                 raise PlanError(
                     f"plan {self.scheduler!r}: worker {w} placement {self.placement.get(w, ())} "
@@ -208,7 +209,10 @@ class Plan:
 def serving_sequence(workload: Workload, request_ids: tuple[int, ...]) -> tuple[str, ...]:
     """Experts a worker serves, in order, when it runs ``request_ids`` (consecutive repeats merged)."""
     seq: list[str] = []
+    n = len(workload.requests)
     for r in request_ids:
+        if not 0 <= r < n:
+            raise PlanError(f"request {r} does not exist in workload {workload.name!r} ({n} requests)")
         e = workload.requests[r].expert
         if not seq or seq[-1] != e:
             seq.append(e)
