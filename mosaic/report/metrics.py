@@ -1,0 +1,115 @@
+"""Run metrics from a trace: stage times, per-worker busy/idle/loading, bound gap, accuracy, skip rate."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+
+from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, AggregationRecord, LoadRecord, Record, RequestRecord
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerUsage:
+    """Seconds one worker spent in a stage."""
+
+    busy: float  # at least one request running
+    loading: float  # loading a model
+    idle: float  # neither, until the stage ended
+
+
+@dataclass(frozen=True, slots=True)
+class RunMetrics:
+    """What one scheduler achieved on one workload."""
+
+    scheduler: str
+    expert_makespan: float  # seconds, expert stage
+    aggregation_time: float  # seconds, aggregation stage
+    end_to_end: float  # seconds, both stages
+    lower_bound: float  # seconds, expert-stage bound valid for any plan
+    predicted_makespan: float  # seconds, what the scheduler expected for the expert stage
+    requests: int
+    loads: int  # model loads in the expert stage
+    aggregated: int  # queries that ran the aggregator
+    skip_rate: float  # share of queries whose aggregator call was skipped
+    accuracy: float | None  # final answers vs gold, when gold is known
+    workers: Mapping[int, WorkerUsage] = field(default_factory=dict)  # worker id -> expert-stage usage
+    stats: Mapping[str, float | int | str] = field(default_factory=dict)  # the scheduler's own figures
+
+    @property
+    def gap(self) -> float:
+        """Relative distance of the expert-stage makespan above the lower bound."""
+        return self.expert_makespan / self.lower_bound - 1.0 if self.lower_bound > 0 else 0.0
+
+    @property
+    def idle_share(self) -> float:
+        """Share of worker-seconds idle in the expert stage."""
+        total = sum(u.busy + u.loading + u.idle for u in self.workers.values())
+        return sum(u.idle for u in self.workers.values()) / total if total > 0 else 0.0
+
+    def as_dict(self) -> dict:
+        d = asdict(self)
+        d["workers"] = {str(w): asdict(u) for w, u in self.workers.items()}
+        d["stats"] = dict(self.stats)
+        d["gap"] = self.gap
+        d["idle_share"] = self.idle_share
+        return d
+
+
+def _union_length(intervals: list[tuple[float, float]]) -> float:
+    total, cur_s, cur_e = 0.0, None, None
+    for s, e in sorted(intervals):
+        if cur_e is None or s > cur_e:
+            if cur_e is not None:
+                total += cur_e - cur_s
+            cur_s, cur_e = s, e
+        else:
+            cur_e = max(cur_e, e)
+    if cur_e is not None:
+        total += cur_e - cur_s
+    return total
+
+
+def worker_usage(
+    records: Iterable[Record], worker_ids: Sequence[int], stage: str, start: float, end: float
+) -> dict[int, WorkerUsage]:
+    """Busy, loading and idle seconds of each worker between ``start`` and ``end`` of ``stage``."""
+    busy: dict[int, list[tuple[float, float]]] = {w: [] for w in worker_ids}
+    loading: dict[int, float] = dict.fromkeys(worker_ids, 0.0)
+    for r in records:
+        if isinstance(r, RequestRecord) and r.stage == stage:
+            busy.setdefault(r.worker, []).append((r.start, r.end))
+        elif isinstance(r, LoadRecord) and r.stage == stage:
+            loading[r.worker] = loading.get(r.worker, 0.0) + (r.end - r.start)
+    span = max(end - start, 0.0)
+    out = {}
+    for w in sorted(set(busy) | set(loading)):
+        b = _union_length(busy.get(w, []))
+        ld = loading.get(w, 0.0)
+        out[w] = WorkerUsage(busy=b, loading=ld, idle=max(span - b - ld, 0.0))
+    return out
+
+
+def count_loads(records: Iterable[Record], stage: str = EXPERT_STAGE) -> int:
+    return sum(1 for r in records if isinstance(r, LoadRecord) and r.stage == stage)
+
+
+def aggregation_summary(records: Iterable[Record]) -> tuple[int, float, float | None]:
+    """(aggregated queries, skip rate, accuracy of the final answers where known)."""
+    decisions = [r for r in records if isinstance(r, AggregationRecord)]
+    if not decisions:
+        return 0, 0.0, None
+    skipped = sum(d.skipped for d in decisions)
+    known = [d.correct for d in decisions if d.correct is not None]
+    acc = sum(known) / len(known) if known else None
+    return len(decisions) - skipped, skipped / len(decisions), acc
+
+
+def stage_requests(records: Iterable[Record], stage: str = AGGREGATION_STAGE) -> list[RequestRecord]:
+    return [r for r in records if isinstance(r, RequestRecord) and r.stage == stage]
+
+
+def speedup(baseline: float, value: float) -> float:
+    """baseline / value, with 0-second stages reported as 1x when both are 0."""
+    if value <= 0:
+        return 1.0 if baseline <= 0 else float("inf")
+    return baseline / value

@@ -1,0 +1,83 @@
+"""Write a comparison's results: table (terminal + text file), metrics JSON, Gantt PNG, W&B run."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+from rich.console import Console
+
+from mosaic.core.config import RunConfig, config_to_dict
+from mosaic.report.gantt import plot_gantt
+from mosaic.report.table import COLUMNS, comparison_table, paper_line, rows
+from mosaic.report.tracking import Tracker
+
+
+@dataclass(frozen=True, slots=True)
+class ReportFiles:
+    """Where a report's artefacts landed."""
+
+    out_dir: Path
+    table: Path
+    metrics: Path
+    gantt: Path
+    wandb_dir: Path | None
+
+
+def run_dir(cfg: RunConfig, command: str, stamp: str, out: str | None) -> Path:
+    """``--out`` when given, else ``<out_dir>/<name>__<command>__seed<seed>__<stamp>`` (CleanRL-style)."""
+    if out:
+        return Path(out)
+    return Path(cfg.out_dir) / f"{cfg.name}__{command}__seed{cfg.seed}__{stamp}"
+
+
+def write_report(
+    cfg: RunConfig,
+    runs: Sequence,  # SchedulerRun (mosaic.pipeline)
+    out_dir: Path,
+    console: Console,
+    title: str,
+) -> ReportFiles:
+    """Print the table (and the paper's figures when the preset has them) and write every artefact."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    metrics = [r.metrics for r in runs]
+    table = comparison_table(metrics, cfg.baseline, title)
+    console.print(table)
+    paper = paper_line(cfg.workload.preset)
+    if paper:
+        console.print(f"[dim]{paper}[/dim]")
+    (out_dir / "config.yaml").write_text(yaml.safe_dump(config_to_dict(cfg), sort_keys=False), encoding="utf-8")
+    table_path = out_dir / "table.txt"
+    with table_path.open("w", encoding="utf-8") as fh:
+        Console(file=fh, width=200, color_system=None).print(table)
+        if paper:
+            fh.write(paper + "\n")
+    metrics_path = out_dir / "metrics.json"
+    metrics_path.write_text(json.dumps([m.as_dict() for m in metrics], indent=2), encoding="utf-8")
+    workers = sorted({w for r in runs for w in r.metrics.workers})
+    gantt = plot_gantt({r.name: r.records for r in runs}, workers, out_dir / "gantt.png", title)
+    wandb_dir = _track(cfg, runs, out_dir, title, gantt)
+    console.print(f"results: {out_dir}  (table.txt, metrics.json, gantt.png, traces)")
+    if wandb_dir:
+        console.print(f"W&B ({cfg.tracking.mode}): {wandb_dir}")
+    return ReportFiles(out_dir, table_path, metrics_path, gantt, wandb_dir)
+
+
+def _track(cfg: RunConfig, runs: Sequence, out_dir: Path, title: str, gantt: Path) -> Path | None:
+    tracker = Tracker(cfg.tracking, f"{cfg.name}__{title}__seed{cfg.seed}", config_to_dict(cfg), out_dir)
+    try:
+        for r in runs:
+            d = r.metrics.as_dict()
+            d.pop("workers")
+            d.pop("stats")
+            tracker.log_metrics(d, prefix=f"{r.name}/")
+            if r.trace_path and r.trace_path.exists():
+                tracker.log_file(f"trace-{r.name}", r.trace_path)
+        tracker.log_table("comparison", COLUMNS, rows([r.metrics for r in runs], cfg.baseline))
+        tracker.log_image("gantt", gantt)
+        return tracker.directory
+    finally:
+        tracker.finish()

@@ -1,0 +1,71 @@
+"""The comparison table: stage times, speedups against a baseline, bound gap, idle share, skip rate, accuracy."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+
+from rich.table import Table
+
+from mosaic.report.metrics import RunMetrics, speedup
+
+# Published MOSAIC figures (PAPER_NOTES.md): preset -> metric -> value.
+PAPER_FIGURES: Mapping[str, Mapping[str, float]] = {
+    "mmlu_pro": {"expert": 1.69, "aggregation": 1.74, "end_to_end": 1.71, "skip_t1": 45.71, "skip_t23": 84.62},
+    "medmcqa": {"expert": 1.53, "aggregation": 4.23, "end_to_end": 2.04, "skip_t1": 47.48, "skip_t23": 90.18},
+    "gpqa": {"expert": 2.54, "aggregation": 1.53, "end_to_end": 2.34, "skip_t1": 37.37, "skip_t23": 87.37},
+}
+
+COLUMNS = (
+    "scheduler", "expert s", "expert x", "aggregation s", "aggregation x", "end-to-end s", "end-to-end x",
+    "bound s", "gap %", "loads", "idle %", "skip %", "accuracy %",
+)  # fmt: skip
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}"
+
+
+def rows(metrics: Sequence[RunMetrics], baseline: str) -> list[list[str]]:
+    """One row of strings per run; speedups against the run named ``baseline`` (else the first)."""
+    base = next((m for m in metrics if m.scheduler == baseline), metrics[0])
+    out = []
+    for m in metrics:
+        out.append([
+            m.scheduler,
+            f"{m.expert_makespan:,.1f}",
+            f"{speedup(base.expert_makespan, m.expert_makespan):.2f}",
+            f"{m.aggregation_time:,.1f}",
+            f"{speedup(base.aggregation_time, m.aggregation_time):.2f}",
+            f"{m.end_to_end:,.1f}",
+            f"{speedup(base.end_to_end, m.end_to_end):.2f}",
+            f"{m.lower_bound:,.1f}",
+            f"{100 * m.gap:.1f}",
+            str(m.loads),
+            _pct(m.idle_share),
+            _pct(m.skip_rate),
+            _pct(m.accuracy),
+        ])  # fmt: skip
+    return out
+
+
+def comparison_table(metrics: Sequence[RunMetrics], baseline: str, title: str = "") -> Table:
+    """A rich table; ``x`` columns are speedups over ``baseline``."""
+    base = baseline if any(m.scheduler == baseline for m in metrics) else metrics[0].scheduler
+    table = Table(title=title or None, caption=f"x = speedup over {base}; gap = expert stage above its lower bound")
+    for i, c in enumerate(COLUMNS):
+        table.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
+    for r in rows(metrics, base):
+        table.add_row(*r)
+    return table
+
+
+def paper_line(preset: str) -> str | None:
+    """The paper's published speedups for a preset, for printing beside ours."""
+    f = PAPER_FIGURES.get(preset)
+    if not f:
+        return None
+    return (
+        f"paper (MOSAIC vs round-robin, {preset}): expert {f['expert']:.2f}x, aggregation {f['aggregation']:.2f}x, "
+        f"end-to-end {f['end_to_end']:.2f}x; aggregator skipped {f['skip_t1']:.1f}% at T=1, "
+        f"{f['skip_t23']:.1f}% at T=2/3"
+    )

@@ -1,0 +1,87 @@
+import io
+
+import pytest
+from rich.console import Console
+
+from mosaic.core.config import TrackingCfg
+from mosaic.core.trace import AggregationRecord, LoadRecord, RequestRecord
+from mosaic.report.gantt import plot_gantt, segments
+from mosaic.report.metrics import RunMetrics, WorkerUsage, aggregation_summary, speedup, worker_usage
+from mosaic.report.table import comparison_table, paper_line, rows
+from mosaic.report.tracking import Tracker
+
+RECORDS = [
+    LoadRecord("expert", 0, "a", 0.0, 10.0),
+    RequestRecord("expert", 0, 0, "a", 0, 10.0, 20.0, 5, 5),
+    RequestRecord("expert", 1, 1, "a", 0, 15.0, 25.0, 5, 5),  # overlaps the first: batched
+    LoadRecord("expert", 0, "b", 25.0, 30.0),
+    RequestRecord("expert", 2, 1, "b", 0, 30.0, 40.0, 5, 5),
+    RequestRecord("expert", 3, 0, "b", 1, 0.0, 8.0, 5, 5),
+    RequestRecord("aggregation", 0, 0, "b", 1, 40.0, 45.0, 5, 5),
+    AggregationRecord(0, 0.5, False, "A", True),
+    AggregationRecord(1, 1.0, True, "C", False),
+]
+
+
+def test_worker_usage_unions_batched_intervals():
+    usage = worker_usage(RECORDS, [0, 1, 2], "expert", 0.0, 40.0)
+    assert usage[0] == WorkerUsage(busy=25.0, loading=15.0, idle=0.0)
+    assert usage[1] == WorkerUsage(busy=8.0, loading=0.0, idle=32.0)
+    assert usage[2] == WorkerUsage(busy=0.0, loading=0.0, idle=40.0)
+
+
+def test_aggregation_summary():
+    assert aggregation_summary(RECORDS) == (1, 0.5, 0.5)
+    assert aggregation_summary([]) == (0, 0.0, None)
+
+
+def test_segments_merge_consecutive_requests_of_one_expert():
+    segs = sorted(segments(RECORDS), key=lambda s: (s.stage, s.worker, s.start, s.loading))
+    bars = [(s.worker, s.expert, s.start, s.end, s.loading) for s in segs if s.stage == "expert"]
+    assert (0, "a", 10.0, 25.0, False) in bars and (0, "b", 30.0, 40.0, False) in bars
+    assert (0, "a", 0.0, 10.0, True) in bars
+
+
+def _metrics(name, expert, agg):
+    w = {0: WorkerUsage(expert / 2, 1.0, expert / 2 - 1.0)}
+    return RunMetrics(name, expert, agg, expert + agg, 50.0, expert, 10, 2, 3, 0.25, 0.8, w)
+
+
+def test_table_speedups_against_baseline():
+    ms = [_metrics("round-robin", 200.0, 40.0), _metrics("lpt", 100.0, 20.0)]
+    r = rows(ms, "round-robin")
+    assert r[0][2] == "1.00" and r[1][2] == "2.00" and r[1][6] == "2.00"
+    assert r[1][8] == "100.0"  # gap: 100 s vs bound 50 s
+    out = io.StringIO()
+    Console(file=out, width=250).print(comparison_table(ms, "round-robin", "t"))
+    assert "speedup over round-robin" in out.getvalue()
+    assert speedup(0.0, 0.0) == 1.0
+
+
+def test_paper_line():
+    assert "4.23x" in paper_line("medmcqa") and paper_line("custom") is None
+
+
+def test_gantt_png(tmp_path):
+    path = plot_gantt({"a": RECORDS, "b": RECORDS[:3]}, [0, 1, 2], tmp_path / "g.png", "title")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
+
+
+def test_tracker_disabled_is_a_noop(tmp_path):
+    t = Tracker(TrackingCfg(mode="disabled"), "x", {}, tmp_path)
+    t.log_metrics({"a": 1.0})
+    t.finish()
+    assert t.directory is None and not any(tmp_path.iterdir())
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_tracker_offline_writes_a_run_directory(tmp_path):
+    t = Tracker(TrackingCfg(mode="offline"), "x", {"k": 1}, tmp_path)
+    t.log_metrics({"m": 2.0, "skip": None})
+    png = plot_gantt({"a": RECORDS}, [0, 1], tmp_path / "g.png")
+    t.log_image("gantt", png)
+    t.log_file("trace", png, kind="plot")
+    directory = t.directory
+    t.finish()
+    assert directory is not None and directory.name.startswith("offline-run-")
+    assert any(directory.glob("*.wandb"))
