@@ -1,1 +1,37 @@
-"""mosaic.agents"""
+"""mosaic.agents: the Scheduler interface, its registry, the baseline schedulers and the lower bound.
+
+Importing this package registers 'sequential', 'round-robin', 'data-parallel' and 'greedy-lpt' in
+:data:`SCHEDULERS`; build one by name with :func:`make_scheduler`.
+"""
+
+from mosaic.agents.bounds import (
+    BoundTerms,
+    bound_terms,
+    lower_bound,
+    order_worker_times,
+    plan_with_estimates,
+    predicted_worker_times,
+)
+from mosaic.agents.data_parallel import DataParallelScheduler
+from mosaic.agents.greedy_lpt import GreedyLPTScheduler, greedy_lpt_order
+from mosaic.agents.interface import Scheduler
+from mosaic.agents.registry import SCHEDULERS, make_scheduler
+from mosaic.agents.round_robin import RoundRobinScheduler
+from mosaic.agents.sequential import SequentialScheduler
+
+__all__ = [
+    "SCHEDULERS",
+    "BoundTerms",
+    "DataParallelScheduler",
+    "GreedyLPTScheduler",
+    "RoundRobinScheduler",
+    "Scheduler",
+    "SequentialScheduler",
+    "bound_terms",
+    "greedy_lpt_order",
+    "lower_bound",
+    "make_scheduler",
+    "order_worker_times",
+    "plan_with_estimates",
+    "predicted_worker_times",
+]

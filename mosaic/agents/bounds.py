@@ -1,0 +1,181 @@
+"""Lower bound on any plan's makespan, predicted per-worker times of a plan, and plan assembly with both.
+
+All figures come from the :class:`CostModel` (predictions, never true lengths). The lower bound is
+valid for every plan of the stage when the predictions equal the truth and a request's cost does not
+grow with the batch it shares (continuous batching amortises the decode steps).
+
+Used by every scheduler (and by the MOSAIC ILP) to fill ``Plan.predicted_makespan``,
+``Plan.lower_bound`` and ``Plan.stats``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from mosaic.agents.common import normalize_resident, requests_by_expert, segments, worker_gpus
+from mosaic.core.errors import PlanError
+from mosaic.core.types import Cluster, Plan, Request, Workload, plan_from_order
+from mosaic.predictors.interface import CostModel
+
+
+@dataclass(frozen=True, slots=True)
+class BoundTerms:
+    """The two terms of the lower bound, in seconds."""
+
+    work_s: float  # (unavoidable loads + cheapest cost of every request) / number of workers
+    chain_s: float  # longest single request alone, plus its expert's load unless resident
+
+    @property
+    def value(self) -> float:
+        """The lower bound: the larger term."""
+        return max(self.work_s, self.chain_s)
+
+
+def min_seconds_array(costs: CostModel, requests: Sequence[Request], gpu_type: str) -> np.ndarray:
+    """Cheapest possible worker-seconds of each request on ``gpu_type``.
+
+    Uses the cost model's vectorised ``min_seconds_array`` or per-request ``min_request_seconds`` when
+    it has one, else ``seconds_array`` at max batch.
+    """
+    vectorised = getattr(costs, "min_seconds_array", None)
+    if vectorised is not None:
+        return np.asarray(vectorised(requests, gpu_type), dtype=float)
+    fn = getattr(costs, "min_request_seconds", None)
+    if fn is None:
+        return np.asarray(costs.seconds_array(requests, gpu_type), dtype=float)
+    return np.fromiter((fn(r, gpu_type) for r in requests), dtype=float, count=len(requests))
+
+
+def latency_array(costs: CostModel, requests: Sequence[Request], gpu_type: str) -> np.ndarray:
+    """``request_latency`` of each request on ``gpu_type`` (seconds alone, batch of one); uses the cost
+    model's vectorised ``latency_array`` when it has one."""
+    vectorised = getattr(costs, "latency_array", None)
+    if vectorised is not None:
+        return np.asarray(vectorised(requests, gpu_type), dtype=float)
+    return np.fromiter((costs.request_latency(r, gpu_type) for r in requests), dtype=float, count=len(requests))
+
+
+def load_offsets(
+    experts: Sequence[str], costs: CostModel, cluster: Cluster, resident: Mapping[int, str | None] | None = None
+) -> dict[str, dict[str, float]]:
+    """Expert -> GPU type -> seconds before a worker of that type can serve it: 0 when some worker of
+    that type already has it resident, else its load time there."""
+    gpus = worker_gpus(cluster)
+    res = normalize_resident(cluster, resident)
+    loaded = {(gpus[w], e) for w, e in res.items()}
+    types = tuple(dict.fromkeys(gpus.values()))
+    return {e: {g: 0.0 if (g, e) in loaded else costs.load_seconds(e, g) for g in types} for e in experts}
+
+
+def bound_terms(
+    workload: Workload, costs: CostModel, cluster: Cluster, resident: Mapping[int, str | None] | None = None
+) -> BoundTerms:
+    """Both terms of :func:`lower_bound` (heterogeneous GPUs: the cheapest GPU type per item)."""
+    n_workers = len(worker_gpus(cluster))
+    groups = requests_by_expert(workload)
+    if not groups:
+        return BoundTerms(0.0, 0.0)
+    offsets = load_offsets(list(groups), costs, cluster, resident)
+    types = tuple(next(iter(offsets.values())))
+    reqs = workload.requests
+    cheapest = np.min(np.stack([min_seconds_array(costs, reqs, g) for g in types]), axis=0)
+    loads = sum(min(per_type.values()) for per_type in offsets.values())
+    chain = 0.0
+    for expert, ids in groups.items():
+        group = [reqs[i] for i in ids]
+        alone = np.stack([offsets[expert][g] + latency_array(costs, group, g) for g in types])
+        chain = max(chain, float(alone.min(axis=0).max()))
+    return BoundTerms(float(loads + cheapest.sum()) / n_workers, chain)
+
+
+def lower_bound(
+    workload: Workload, costs: CostModel, cluster: Cluster, resident: Mapping[int, str | None] | None = None
+) -> float:
+    """Seconds no plan of this stage can beat (0 for a workload without requests): the larger of
+
+    - work: (sum over experts with requests of its cheapest load, 0 if resident on some worker, plus the
+      sum over requests of its cheapest cost, ``min_request_seconds``) / number of workers;
+    - chain: max over requests of min over workers of (its expert's load unless resident there, plus
+      its ``request_latency``).
+
+    Heterogeneous GPUs: each item at its cheapest GPU type.
+    """
+    return bound_terms(workload, costs, cluster, resident).value
+
+
+def order_worker_times(
+    order: Mapping[int, Sequence[int]],
+    workload: Workload,
+    costs: CostModel,
+    cluster: Cluster,
+    resident: Mapping[int, str | None] | None = None,
+) -> dict[int, float]:
+    """Worker id -> predicted busy seconds when it runs ``order`` (every cluster worker; idle ones 0).
+
+    Each run of consecutive same-expert requests costs a load (skipped only for a worker's first run
+    when that expert is already resident there) plus ``costs.group_seconds`` of the run.
+    """
+    gpus = worker_gpus(cluster)
+    res = normalize_resident(cluster, resident)
+    unknown = sorted(set(order) - set(gpus))
+    if unknown:
+        raise PlanError(f"order uses workers {unknown} that are not in the cluster {list(gpus)}")
+    times = dict.fromkeys(gpus, 0.0)
+    for w, ids in order.items():
+        total = 0.0
+        for k, (expert, run) in enumerate(segments(workload, ids)):
+            if not (k == 0 and res.get(w) == expert):
+                total += costs.load_seconds(expert, gpus[w])
+            total += costs.group_seconds(run, gpus[w])
+        times[w] = total
+    return times
+
+
+def predicted_worker_times(
+    plan: Plan,
+    workload: Workload,
+    costs: CostModel,
+    cluster: Cluster,
+    resident: Mapping[int, str | None] | None = None,
+) -> dict[int, float]:
+    """Worker id -> predicted busy seconds of ``plan`` (see :func:`order_worker_times`); makespan = max."""
+    return order_worker_times(plan.order, workload, costs, cluster, resident)
+
+
+def plan_stats(plan: Plan, resident: Mapping[int, str]) -> dict[str, int]:
+    """Counts every scheduler reports: loads (resident skips excluded), replicas, workers used."""
+    skipped = sum(1 for w, seq in plan.placement.items() if seq and resident.get(w) == seq[0])
+    replicas = plan.replicas()
+    return {
+        "loads": sum(len(seq) for seq in plan.placement.values()) - skipped,
+        "resident_hits": skipped,
+        "replicas": sum(len(ws) for ws in replicas.values()),
+        "max_replicas": max((len(ws) for ws in replicas.values()), default=0),
+        "workers_used": sum(1 for ids in plan.order.values() if ids),
+    }
+
+
+def plan_with_estimates(
+    scheduler: str,
+    workload: Workload,
+    costs: CostModel,
+    cluster: Cluster,
+    order: Mapping[int, Sequence[int]],
+    resident: Mapping[int, str | None] | None = None,
+    stats: Mapping[str, float | int | str] | None = None,
+) -> Plan:
+    """A :class:`Plan` of ``order`` with its predicted makespan, lower bound and stats filled in.
+
+    ``stats`` (scheduler-specific figures) are added to the common ones of :func:`plan_stats` and the
+    bound's terms (``lb_work_s``, ``lb_chain_s``).
+    """
+    res = normalize_resident(cluster, resident)
+    draft = plan_from_order(scheduler, workload, order, 0.0, 0.0)
+    makespan = max(order_worker_times(draft.order, workload, costs, cluster, res).values())
+    terms = bound_terms(workload, costs, cluster, res)
+    all_stats: dict[str, float | int | str] = {**plan_stats(draft, res), "lb_work_s": terms.work_s,
+                                               "lb_chain_s": terms.chain_s, **(stats or {})}  # fmt: skip
+    return replace(draft, predicted_makespan=makespan, lower_bound=terms.value, stats=all_stats)
