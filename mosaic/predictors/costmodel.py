@@ -1,0 +1,248 @@
+"""The profiled cost model: a :class:`CostProfile` plus a :class:`LengthPredictor`, vectorised with numpy.
+
+Request ``r`` with ``p`` prompt tokens and ``o`` predicted output tokens, on an engine whose
+:class:`ModelCost` has decode step ``step_time(b, kv) = base + seq * b + kvc * kv``:
+
+- **Own KV token-steps** ``K = o * p + o * max(o - 1, 0) / 2``: at its ``j``-th decode step the request
+  holds ``p + j`` KV tokens (prefill writes the prompt; each step adds one token), ``j = 0 .. o-1``.
+- ``request_seconds(r, b) = p / prefill_tps + o * (base / b' + seq) + kvc * K``: prefill plus its share of
+  ``o`` decode steps of a batch of ``b'`` similar sequences (``kv = b' x`` its own KV, so the share
+  ``step_time(b', kv) / b'`` holds ``kvc x`` its own KV whatever the batch). ``b' = min(b, max_batch,
+  floor(kv_capacity_tokens / (p + o)))``, at least 1: like the simulator, an engine admits a request only
+  when its whole ``p + o`` reservation fits the KV cache, so a batch of such requests is capped by the
+  capacity (rather than clamping ``kv`` to the capacity, which would make steps cheaper than any that can run).
+- ``request_latency(r) = request_seconds(r, 1)`` (alone: ``p / prefill_tps + o * step_time(1, .)`` summed).
+- ``min_request_seconds(r) = p / prefill_tps + o * (base / max_batch + seq) + kvc * K``: the cheapest
+  any schedule can make ``r``. In any batch of ``b_t <= max_batch`` sequences, a step costs each member
+  ``base / b_t + seq + kvc x (its own KV)`` when split by sequence, and these sum to the step time; so with
+  predictions equal to the truth, total work >= the sum of ``min_request_seconds`` (the work lower bound),
+  and ``min_request_seconds <= request_seconds(r, b)`` for every ``b``.
+
+Predictions are computed once per workload by :meth:`ProfiledCostModel.bind` (array indexed by request id);
+per-GPU-type arrays are built on first use. Requests must belong to the bound workload.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import numpy as np
+
+from mosaic.core.errors import ProfileError, WorkloadError
+from mosaic.core.types import Request, Workload
+from mosaic.predictors.interface import CostModel, LengthPredictor, ModelCost
+from mosaic.predictors.profile import CostProfile
+
+
+class _GpuArrays(NamedTuple):
+    """Per-request cost terms on one GPU type (arrays indexed by request id)."""
+
+    fixed: np.ndarray  # prefill + per-sequence decode compute + own KV reads (seconds, batch-independent)
+    decode_base: np.ndarray  # o * step_base_s: weight reads, shared by the batch
+    max_batch: np.ndarray  # engine's max batch (int)
+    kv_batch: np.ndarray  # largest batch of such requests whose reservations fit the KV cache (int, >= 1)
+
+
+class _Bound(NamedTuple):
+    """Everything computed once when binding to a workload."""
+
+    workload: Workload
+    tokens: np.ndarray  # request id -> predicted output tokens
+    prompt: np.ndarray  # request id -> prompt tokens
+    kv_steps: np.ndarray  # request id -> own KV token-steps K
+    expert_idx: np.ndarray  # request id -> index into experts
+    experts: tuple[str, ...]  # distinct experts of the requests
+
+
+class ProfiledCostModel(CostModel):
+    """Batching-aware costs from a profile and a length predictor (see the module docstring for the formulas)."""
+
+    def __init__(self, profile: CostProfile, predictor: LengthPredictor, workload: Workload | None = None) -> None:
+        self.profile = profile
+        self.predictor = predictor
+        self._bound: _Bound | None = None if workload is None else _bind(predictor, workload)
+        self._gpu: dict[str, _GpuArrays] = {}  # GPU type -> per-request terms (filled on first use)
+
+    # ----------------------------------------------------------------- binding
+    def bind(self, workload: Workload) -> ProfiledCostModel:
+        if self._bound is not None and self._bound.workload is workload:
+            return self
+        return ProfiledCostModel(self.profile, self.predictor, workload)
+
+    @property
+    def workload(self) -> Workload | None:
+        """The bound workload (None when unbound)."""
+        return None if self._bound is None else self._bound.workload
+
+    def _state(self) -> _Bound:
+        if self._bound is None:
+            raise WorkloadError(
+                "ProfiledCostModel is not bound to a workload: call costs.bind(workload) before per-request costs"
+            )
+        return self._bound
+
+    @property
+    def tokens(self) -> np.ndarray:
+        """Predicted output tokens of every request of the bound workload (read-only, indexed by request id)."""
+        view = self._state().tokens.view()
+        view.flags.writeable = False
+        return view
+
+    def model_cost(self, expert: str, gpu_type: str) -> ModelCost:
+        return self.profile.get(expert, gpu_type)
+
+    def predicted_tokens(self, request: Request) -> float:
+        return float(self._state().tokens[self._index(request)])
+
+    # ----------------------------------------------------------------- request lookup
+    def _index(self, request: Request) -> int:
+        reqs = self._state().workload.requests
+        i = request.id
+        if not 0 <= i < len(reqs) or (reqs[i] is not request and reqs[i] != request):
+            self._foreign(request)
+        return i
+
+    def _indices(self, requests: Sequence[Request]) -> np.ndarray | slice:
+        reqs = self._state().workload.requests
+        if requests is reqs:
+            return slice(None)
+        n = len(reqs)
+        ids = np.fromiter((r.id for r in requests), dtype=np.int64, count=len(requests))
+        if ids.size and (ids.min() < 0 or ids.max() >= n):
+            self._foreign(requests[int(np.argmax((ids < 0) | (ids >= n)))])
+        for i, r in zip(ids.tolist(), requests, strict=True):
+            if reqs[i] is not r and reqs[i] != r:
+                self._foreign(r)
+        return ids
+
+    def _foreign(self, request: Request) -> None:
+        wl = self._state().workload
+        raise WorkloadError(
+            f"request {request.id} (expert {request.expert!r}, query {request.query_id}) is not a request of the "
+            f"bound workload {wl.name!r} ({len(wl.requests)} requests): bind the cost model to its workload first"
+        )
+
+    # ----------------------------------------------------------------- per-GPU terms
+    def _arrays(self, gpu_type: str) -> _GpuArrays:
+        arrays = self._gpu.get(gpu_type)
+        if arrays is None:
+            arrays = _gpu_arrays(self._state(), self.profile, gpu_type)
+            self._gpu[gpu_type] = arrays
+        return arrays
+
+    def _checked(self, out: np.ndarray, idx: np.ndarray | slice, gpu_type: str) -> np.ndarray:
+        """``out``, unless a request's expert is not profiled on ``gpu_type`` (NaN): then the profile's error."""
+        if np.isnan(out).any():
+            first = int(np.argmax(np.isnan(out)))
+            b = self._state()
+            self.profile.get(b.experts[b.expert_idx[idx][first]], gpu_type)
+        return out
+
+    def _scalar(self, value: np.floating, i: int, gpu_type: str) -> float:
+        if math.isnan(value):
+            b = self._state()
+            self.profile.get(b.experts[b.expert_idx[i]], gpu_type)
+        return float(value)
+
+    def _seconds(self, idx: np.ndarray | slice, gpu_type: str, batch: int | None) -> np.ndarray:
+        a = self._arrays(gpu_type)
+        cap = np.minimum(a.max_batch[idx], a.kv_batch[idx])
+        eff = cap if batch is None else np.minimum(cap, _check_batch(batch))
+        return self._checked(a.fixed[idx] + a.decode_base[idx] / eff, idx, gpu_type)
+
+    # ----------------------------------------------------------------- scalar costs
+    def request_seconds(self, request: Request, gpu_type: str, batch: int | None = None) -> float:
+        i = self._index(request)
+        a = self._arrays(gpu_type)
+        cap = min(a.max_batch[i], a.kv_batch[i])
+        eff = cap if batch is None else min(cap, _check_batch(batch))
+        return self._scalar(a.fixed[i] + a.decode_base[i] / eff, i, gpu_type)
+
+    def request_latency(self, request: Request, gpu_type: str) -> float:
+        i = self._index(request)
+        a = self._arrays(gpu_type)
+        return self._scalar(a.fixed[i] + a.decode_base[i], i, gpu_type)
+
+    def min_request_seconds(self, request: Request, gpu_type: str) -> float:
+        """The cheapest any schedule can make ``request`` on ``gpu_type`` (amortised at max batch, own KV only)."""
+        i = self._index(request)
+        a = self._arrays(gpu_type)
+        return self._scalar(a.fixed[i] + a.decode_base[i] / a.max_batch[i], i, gpu_type)
+
+    # ----------------------------------------------------------------- vectorised costs
+    def seconds_array(self, requests: Sequence[Request], gpu_type: str, batch: int | None = None) -> np.ndarray:
+        return self._seconds(self._indices(requests), gpu_type, batch)
+
+    def latency_array(self, requests: Sequence[Request], gpu_type: str) -> np.ndarray:
+        """``request_latency`` of each request."""
+        idx = self._indices(requests)
+        a = self._arrays(gpu_type)
+        return self._checked(a.fixed[idx] + a.decode_base[idx], idx, gpu_type)
+
+    def min_seconds_array(self, requests: Sequence[Request], gpu_type: str) -> np.ndarray:
+        """``min_request_seconds`` of each request."""
+        idx = self._indices(requests)
+        a = self._arrays(gpu_type)
+        return self._checked(a.fixed[idx] + a.decode_base[idx] / a.max_batch[idx], idx, gpu_type)
+
+    def group_seconds(self, requests: Sequence[Request], gpu_type: str) -> float:
+        """Amortised work of ``requests`` at the batch they can fill (``min(len, max_batch)``, and the KV cap),
+        never below the slowest request alone."""
+        if len(requests) == 0:
+            return 0.0
+        idx = self._indices(requests)
+        a = self._arrays(gpu_type)
+        fill = np.minimum(np.minimum(a.max_batch[idx], len(requests)), a.kv_batch[idx])
+        latency = self._checked(a.fixed[idx] + a.decode_base[idx], idx, gpu_type)
+        work = a.fixed[idx] + a.decode_base[idx] / fill
+        return float(max(work.sum(), latency.max()))
+
+    def __repr__(self) -> str:
+        wl = "unbound" if self._bound is None else f"bound to {self._bound.workload.name!r}"
+        return f"ProfiledCostModel(predictor={self.predictor.name!r}, gpu_types={list(self.profile.gpu_types)}, {wl})"
+
+
+def _check_batch(batch: int) -> int:
+    if isinstance(batch, bool) or not isinstance(batch, int | np.integer) or batch < 1:
+        raise ProfileError(f"cost model: batch must be an integer >= 1, got {batch!r}")
+    return int(batch)
+
+
+def _bind(predictor: LengthPredictor, workload: Workload) -> _Bound:
+    """Predict every request's output tokens once and lay the per-request inputs out as arrays."""
+    reqs = workload.requests
+    n = len(reqs)
+    tokens = np.array(predictor.predict(workload, reqs), dtype=float)  # a copy: frozen below
+    name = getattr(predictor, "name", type(predictor).__name__)
+    if tokens.shape != (n,):
+        raise WorkloadError(f"length predictor {name!r} returned shape {tokens.shape} for {n} requests")
+    if n and not (np.isfinite(tokens).all() and tokens.min() >= 0):
+        bad = int(np.argmax(~np.isfinite(tokens) | (tokens < 0)))
+        raise WorkloadError(f"length predictor {name!r} predicted {tokens[bad]} tokens for request {bad}")
+    prompt = np.fromiter((r.prompt_tokens for r in reqs), dtype=float, count=n)
+    experts = tuple(dict.fromkeys(r.expert for r in reqs))
+    pos = {e: k for k, e in enumerate(experts)}
+    expert_idx = np.fromiter((pos[r.expert] for r in reqs), dtype=np.int64, count=n)
+    kv_steps = tokens * prompt + tokens * np.maximum(tokens - 1.0, 0.0) / 2.0
+    tokens.flags.writeable = False
+    return _Bound(workload, tokens, prompt, kv_steps, expert_idx, experts)
+
+
+_MISSING = ModelCost(*(math.nan,) * 6, max_batch=1, kv_capacity_tokens=1)  # costs NaN: not in the profile
+
+
+def _gpu_arrays(b: _Bound, profile: CostProfile, gpu_type: str) -> _GpuArrays:
+    """Per-request cost terms of the bound workload on ``gpu_type``; NaN for experts the profile lacks there
+    (the error is raised when such a request's cost is asked for)."""
+    per_gpu = profile.table.get(gpu_type, {})
+    mcs = [per_gpu.get(e, _MISSING) for e in b.experts]
+
+    def col(attr: str, dtype: type = float) -> np.ndarray:
+        return np.array([getattr(mc, attr) for mc in mcs], dtype=dtype)[b.expert_idx]
+
+    fixed = b.prompt / col("prefill_tps") + b.tokens * col("step_per_seq_s") + col("step_per_kv_token_s") * b.kv_steps
+    footprint = np.maximum(b.prompt + b.tokens, 1.0)
+    kv_batch = np.maximum(np.floor(col("kv_capacity_tokens") / footprint), 1.0).astype(np.int64)
+    return _GpuArrays(fixed, b.tokens * col("step_base_s"), col("max_batch", np.int64), kv_batch)
