@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, ClassVar
 
@@ -61,8 +61,16 @@ Record = RequestRecord | LoadRecord | AggregationRecord
 _TYPES: dict[str, type] = {c.TYPE: c for c in (RequestRecord, LoadRecord, AggregationRecord)}
 
 
+_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
 def record_to_dict(rec: Record) -> dict:
-    return {"type": rec.TYPE, **asdict(rec)}
+    """``{"type": ..., field: value, ...}`` (records are flat, so no deep copy as ``asdict`` would make)."""
+    cls = type(rec)
+    names = _FIELDS.get(cls)
+    if names is None:
+        names = _FIELDS[cls] = tuple(f.name for f in fields(cls))
+    return {"type": rec.TYPE, **{n: getattr(rec, n) for n in names}}
 
 
 def record_from_dict(d: dict) -> Record:
@@ -95,7 +103,8 @@ class TraceWriter:
 
     def write(self, rec: Record) -> None:
         self.records.append(rec)
-        self._write(record_to_dict(rec))
+        if self._fh:
+            self._write(record_to_dict(rec))
 
     def extend(self, recs: Iterable[Record]) -> None:
         for r in recs:

@@ -1,0 +1,167 @@
+"""The Executor: plan and run the expert stage, decide which queries skip the aggregator, run the aggregation stage.
+
+Flow of :meth:`Executor.run`: bind costs to the workload -> ``scheduler.plan`` -> ``plan.validate`` -> expert stage on
+the backend -> per query: confidence of its experts' answers -> policy decision -> aggregation workload (one
+aggregator request per aggregated query, prompt = question + expert outputs + template) -> plan it with the
+workers' resident models -> aggregation stage starting when the expert stage ends. End-to-end = aggregation end.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mosaic.core.errors import ConfigError
+from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, AggregationRecord, TraceWriter
+from mosaic.core.types import Cluster, Plan, Query, Responses, Workload
+from mosaic.predictors.interface import CostModel
+from mosaic.runtime.aggregation import AggregationPolicy, AlwaysAggregate, confidence
+from mosaic.runtime.interface import Backend, StageResult
+
+if TYPE_CHECKING:
+    from mosaic.agents.interface import Scheduler
+
+AGGREGATOR_TEMPLATE_TOKENS = 100  # aggregator prompt overhead: MoA system prompt + response numbering (tokens)
+
+
+@dataclass(frozen=True, slots=True)
+class RunResult:
+    """One run of both stages."""
+
+    expert_plan: Plan
+    aggregation_plan: Plan  # empty (no workers) when every query skipped the aggregator
+    expert: StageResult
+    aggregation: StageResult  # start == end == expert.end when empty
+    decisions: tuple[AggregationRecord, ...]  # one per query, in query order
+    accuracy: float | None  # share of correct final answers among queries whose correctness is known
+    expert_accuracy_majority: float | None  # same, for the experts' majority answer of every query
+    skip_rate: float  # share of queries that skipped the aggregator
+
+    @property
+    def end_to_end(self) -> float:
+        return self.aggregation.end - self.expert.start
+
+
+@dataclass(frozen=True, slots=True)
+class Vote:
+    """The experts' verdict on one query."""
+
+    confidence: float
+    majority: str | None
+    majority_correct: bool | None  # the majority answer is correct (None: unknown)
+    skip: bool
+
+
+def is_correct(answer: str | None, query: Query, recorded: bool | None = None) -> bool | None:
+    """``answer == query.gold`` when the gold answer is known, else the response's recorded correctness."""
+    if query.gold is not None:
+        return answer is not None and answer == query.gold
+    return recorded
+
+
+def _share(flags: Sequence[bool | None]) -> float | None:
+    known = [f for f in flags if f is not None]
+    return sum(known) / len(known) if known else None
+
+
+class Executor:
+    """Runs a scheduler's plans for both stages on ``backend``; ``policy`` decides skips (default: never)."""
+
+    def __init__(
+        self,
+        backend: Backend,
+        policy: AggregationPolicy | None = None,
+        template_tokens: int = AGGREGATOR_TEMPLATE_TOKENS,
+    ) -> None:
+        if template_tokens < 0:
+            raise ConfigError(f"executor: template_tokens must be >= 0, got {template_tokens}")
+        self.backend = backend
+        self.policy = policy if policy is not None else AlwaysAggregate()
+        self.template_tokens = template_tokens
+
+    def run(
+        self,
+        workload: Workload,
+        scheduler: Scheduler,
+        costs: CostModel,
+        cluster: Cluster,
+        rng: np.random.Generator,
+        trace: TraceWriter,
+    ) -> RunResult:
+        """Both stages of ``workload``; every request, load and decision is written to ``trace``."""
+        plan = scheduler.plan(workload, costs.bind(workload), cluster, rng)
+        plan.validate(workload, cluster)
+        stage1 = self.backend.run_stage(EXPERT_STAGE, plan, workload, cluster, trace)
+        votes = self.votes(workload, stage1.responses)
+        for q, v in zip(workload.queries, votes, strict=True):
+            if v.skip:
+                trace.write(AggregationRecord(q.id, v.confidence, True, v.majority, v.majority_correct))
+        agg = aggregation_workload(workload, stage1.responses, [v.skip for v in votes], self.template_tokens)
+        if agg.requests:
+            plan2 = scheduler.plan(agg, costs.bind(agg), cluster, rng, resident=stage1.resident)
+            plan2.validate(agg, cluster)
+            stage2 = self.backend.run_stage(AGGREGATION_STAGE, plan2, agg, cluster, trace, stage1.end, stage1.resident)
+        else:
+            plan2, stage2 = empty_plan(scheduler.name), empty_stage(AGGREGATION_STAGE, cluster, stage1)
+        decisions = []
+        for q, v in zip(workload.queries, votes, strict=True):
+            if v.skip:
+                decisions.append(AggregationRecord(q.id, v.confidence, True, v.majority, v.majority_correct))
+                continue
+            r = stage2.responses.get(q.id, workload.aggregator.name)
+            rec = AggregationRecord(q.id, v.confidence, False, r.answer, is_correct(r.answer, q, r.correct))
+            trace.write(rec)
+            decisions.append(rec)
+        skip_rate = sum(v.skip for v in votes) / len(votes) if votes else 0.0
+        return RunResult(plan, plan2, stage1, stage2, tuple(decisions), _share([d.correct for d in decisions]),
+                         _share([v.majority_correct for v in votes]), skip_rate)  # fmt: skip
+
+    def votes(self, workload: Workload, responses: Responses) -> list[Vote]:
+        """Confidence, majority answer and skip decision of every query, in query order."""
+        out = []
+        for q, route in zip(workload.queries, workload.routes, strict=True):
+            resps = [responses.get(q.id, e) for e in route]
+            answers = [r.answer for r in resps]
+            conf, majority = confidence(answers)
+            recorded = next((r.correct for r in resps if majority is not None and r.answer == majority), None)
+            skip = bool(self.policy.decide(q, answers, conf))
+            out.append(Vote(conf, majority, is_correct(majority, q, recorded) if route else None, skip))
+        return out
+
+
+def aggregation_workload(
+    workload: Workload, responses: Responses, skip: Sequence[bool], template_tokens: int = AGGREGATOR_TEMPLATE_TOKENS
+) -> Workload:
+    """The aggregation stage: every query, prompt = its prompt + its experts' output tokens + ``template_tokens``;
+    one request to the aggregator per query that does not skip (skipped queries get an empty route)."""
+    agg = workload.aggregator
+    queries = tuple(
+        replace(q, prompt_tokens=q.prompt_tokens + template_tokens + _expert_tokens(responses, q.id, route))
+        for q, route in zip(workload.queries, workload.routes, strict=True)
+    )
+    routes = tuple(() if s else (agg.name,) for s in skip)
+    return Workload.build(f"{workload.name}:aggregation", queries, (agg,), routes, agg)
+
+
+def _expert_tokens(responses: Responses, query_id: int, route: Sequence[str]) -> int:
+    return sum(responses.get(query_id, e).output_tokens for e in route)
+
+
+def empty_plan(scheduler: str) -> Plan:
+    """A plan with nothing to run (every query skipped the aggregator)."""
+    return Plan(scheduler, {}, {}, 0.0, 0.0)
+
+
+def empty_stage(stage: str, cluster: Cluster, previous: StageResult) -> StageResult:
+    """A stage that runs nothing: starts and ends when ``previous`` ended, residents unchanged."""
+    t = previous.end
+    ids = cluster.ids
+    resident: Mapping[int, str | None] = dict(previous.resident)
+    return StageResult(stage, t, t, dict.fromkeys(ids, t), resident, Responses({}), dict.fromkeys(ids, 0.0),
+                       dict.fromkeys(ids, 0.0))  # fmt: skip
+
+
+__all__ = ["AGGREGATOR_TEMPLATE_TOKENS", "Executor", "RunResult", "Vote", "aggregation_workload", "is_correct"]

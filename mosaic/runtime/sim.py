@@ -1,0 +1,121 @@
+"""The discrete-event simulator backend: replays true output lengths through simulated continuous-batching workers.
+
+Timing semantics live in :mod:`mosaic.runtime.sim_worker` (one :class:`WorkerSim` per GPU). A static plan makes
+the workers of a stage independent, so :class:`SimBackend` runs them one after another; the trace therefore holds
+each worker's records together (time-ordered within a worker). Registered as ``'sim'`` in ``BACKENDS``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Any
+
+from mosaic.core.errors import ConfigError, PlanError, WorkloadError
+from mosaic.core.trace import TraceWriter
+from mosaic.core.types import Cluster, Plan, Response, Responses, Worker, Workload
+from mosaic.predictors.interface import CostModel, ModelCost
+from mosaic.runtime.interface import Backend, StageResult
+from mosaic.runtime.registry import BACKENDS
+from mosaic.runtime.sim_worker import SimRequest, WorkerSim
+
+
+class SimBackend(Backend):
+    """Simulates each stage from ``responses`` (true output tokens, answers) and ``costs`` (per-expert ModelCost).
+
+    ``max_batch`` (optional) caps every engine's ``ModelCost.max_batch`` (the runtime's max concurrent sequences).
+    """
+
+    name = "sim"
+
+    def __init__(self, responses: Responses, costs: CostModel, max_batch: int | None = None) -> None:
+        if max_batch is not None and max_batch < 1:
+            raise ConfigError(f"sim backend: max_batch must be >= 1, got {max_batch}")
+        self.responses = responses
+        self.costs = costs
+        self.max_batch = max_batch
+        self._model_costs: dict[tuple[str, str], ModelCost] = {}
+
+    def model_cost(self, expert: str, gpu_type: str) -> ModelCost:
+        """``costs.model_cost(expert, gpu_type)`` with the max-batch cap applied (cached)."""
+        key = (expert, gpu_type)
+        mc = self._model_costs.get(key)
+        if mc is None:
+            mc = self.costs.model_cost(expert, gpu_type)
+            if self.max_batch is not None and mc.max_batch > self.max_batch:
+                mc = replace(mc, max_batch=self.max_batch)
+            self._model_costs[key] = mc
+        return mc
+
+    def cost_of(self, gpu_type: str) -> Callable[[str], ModelCost]:
+        """Expert -> ModelCost on ``gpu_type`` (what a :class:`WorkerSim` takes)."""
+        return lambda expert: self.model_cost(expert, gpu_type)
+
+    def make_worker(
+        self,
+        worker: Worker,
+        stage: str,
+        start: float = 0.0,
+        resident: str | None = None,
+        emit: Callable[[Any], None] | None = None,
+    ) -> WorkerSim:
+        """A fresh simulated ``worker`` (for environments that drive workers themselves)."""
+        return WorkerSim(worker.id, self.cost_of(worker.gpu_type), stage, start, resident, emit)
+
+    def sim_requests(
+        self, workload: Workload, request_ids: tuple[int, ...], out: dict[tuple[int, str], Response] | None = None
+    ) -> list[SimRequest]:
+        """The requests ``request_ids`` of ``workload`` with their replayed responses (also stored in ``out``)."""
+        reqs, queries, table = workload.requests, workload.queries, self.responses.table
+        n = len(reqs)
+        items = []
+        for rid in request_ids:
+            if not 0 <= rid < n:
+                raise PlanError(f"request {rid} does not exist in workload {workload.name!r} ({n} requests)")
+            r = reqs[rid]
+            q = r.query_id
+            resp = table.get((q, r.expert))
+            if resp is None:
+                raise WorkloadError(f"no recorded response of expert {r.expert!r} to query {q}")
+            if resp.output_tokens < 0 or r.prompt_tokens < 0:
+                raise WorkloadError(f"request {rid} has negative tokens ({r.prompt_tokens}, {resp.output_tokens})")
+            items.append(SimRequest(rid, q, r.expert, r.prompt_tokens, resp.output_tokens, queries[q].arrival, resp))
+            if out is not None:
+                out[(q, r.expert)] = resp
+        return items
+
+    def run_stage(
+        self,
+        stage: str,
+        plan: Plan,
+        workload: Workload,
+        cluster: Cluster,
+        trace: TraceWriter,
+        start: float = 0.0,
+        resident: Mapping[int, str | None] | None = None,
+    ) -> StageResult:
+        """Simulate every worker of ``plan`` from ``start`` with ``resident`` loaded; records go to ``trace``."""
+        unknown = sorted(set(plan.order) - set(cluster.ids))
+        if unknown:
+            raise PlanError(f"plan {plan.scheduler!r} uses workers {unknown} that are not in the cluster")
+        resident = resident or {}
+        seen: dict[tuple[int, str], Response] = {}
+        ends, res, busy, loading = {}, {}, {}, {}
+        for w in cluster.workers:
+            sim = self.make_worker(w, stage, start, resident.get(w.id), trace.write)
+            sim.enqueue(self.sim_requests(workload, plan.order.get(w.id, ()), seen))
+            ends[w.id] = sim.run_until_idle()
+            res[w.id], busy[w.id], loading[w.id] = sim.resident, sim.busy_s, sim.loading_s
+        end = max(ends.values(), default=start)
+        return StageResult(stage, start, end, ends, res, Responses(seen), busy, loading)
+
+
+def make_sim_backend(cfg: Any, responses: Responses, costs: CostModel) -> SimBackend:
+    """BACKENDS factory: ``cfg.runtime.max_batch`` (when set) caps the engines' batch size."""
+    runtime = getattr(cfg, "runtime", None)
+    return SimBackend(responses, costs, getattr(runtime, "max_batch", None))
+
+
+BACKENDS.register("sim", help="discrete-event simulator: replays recorded output lengths with profiled costs")(
+    make_sim_backend
+)

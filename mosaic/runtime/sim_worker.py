@@ -1,0 +1,304 @@
+"""One simulated GPU worker: an event-driven model of a continuous-batching engine with one expert resident.
+
+Timing model (all seconds come from :class:`~mosaic.predictors.interface.ModelCost` of (expert, GPU type)):
+
+- **Order.** The worker runs its queue strictly in order: it never skips ahead of a request that has not
+  arrived, does not fit the batch, or needs another expert (head-of-line blocking, like a FIFO engine queue).
+- **Loads.** When the head needs an expert that is not resident, the worker first drains its running batch,
+  then loads it (``load_s``, a :class:`LoadRecord`); only one expert is resident at a time. The load starts as
+  soon as the batch has drained, even if the head has not arrived yet (the plan says what comes next).
+- **Admission.** The head joins the batch when it has arrived (``arrival <= clock + ARRIVAL_EPS``), the batch
+  holds fewer than ``max_batch`` sequences and the KV reservation fits ``kv_capacity_tokens``. Admission
+  reserves the request's full prompt + output tokens (an oracle reservation: the simulator knows true lengths,
+  so it never preempts). A request that does not fit even an empty batch runs alone.
+- **Prefill.** Admitting a request adds ``prompt_tokens / prefill_tps`` seconds to the worker clock and stalls
+  the running batch meanwhile (prefill and decode do not overlap). Prefill writes the prompt to the KV cache and
+  produces no output token; the request counts as in the batch (busy) from its admission.
+- **Decode.** A step of a batch of ``b`` sequences holding ``kv`` KV tokens takes ``step_time(b, kv)`` and adds
+  one token to every sequence (kv grows by ``b``). A request with ``o`` output tokens leaves after ``o`` steps,
+  freeing its ``prompt + o`` KV tokens. Between events the batch is fixed, so ``n`` steps from ``kv0`` take
+  ``n * step_time(b, kv0) + step_per_kv_token_s * b * n (n - 1) / 2`` (closed form, no per-step loop). Requests
+  wait for the step boundary at or after their arrival to join a running batch.
+
+Each event costs O(log n): a per-worker step counter and a heap of finish steps. ``RequestRecord.start`` is the
+admission time, ``end`` the completion time. The incremental API (``enqueue``, ``next_event_time``, ``step``,
+``advance_to``, ``run_until_idle``, ``remove_pending`` and the state queries) lets an environment run several
+workers in lockstep and move work between them without re-implementing any timing.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+from collections import deque
+from collections.abc import Callable, Collection, Iterable
+from typing import NamedTuple
+
+from mosaic.core.errors import ProfileError
+from mosaic.core.trace import EXPERT_STAGE, LoadRecord, Record, RequestRecord
+from mosaic.core.types import Response
+from mosaic.predictors.interface import ModelCost
+
+ARRIVAL_EPS = 1e-9  # a request counts as arrived when arrival <= clock + ARRIVAL_EPS (absorbs float noise)
+_NEVER = 1 << 62  # "no step count reaches it" (decode that costs nothing cannot reach a later arrival)
+_INF = math.inf
+
+
+class SimRequest(NamedTuple):
+    """One request as a worker sees it (a tuple, for speed: the simulator builds one per request)."""
+
+    request_id: int
+    query_id: int
+    expert: str
+    prompt_tokens: int
+    output_tokens: int  # true output length, replayed
+    arrival: float  # earliest time the worker may admit it (seconds, run clock)
+    response: Response | None = None  # replayed answer, copied into the RequestRecord
+
+
+def steps_to_reach(gap: float, c0: float, h: float) -> int:
+    """Smallest ``n >= 1`` with ``n * c0 + h * n (n - 1) / 2 >= gap`` (``gap > 0``, ``c0, h >= 0``)."""
+    if h <= 0.0:
+        if c0 <= 0.0:
+            return _NEVER
+        n = max(1, math.ceil(gap / c0))
+    else:
+        bq = c0 - 0.5 * h
+        n = max(1, math.ceil((-bq + math.sqrt(bq * bq + 2.0 * h * gap)) / h))
+    while n > 1 and (n - 1) * c0 + h * (n - 1) * (n - 2) * 0.5 >= gap:
+        n -= 1
+    while n * c0 + h * n * (n - 1) * 0.5 < gap:
+        n += 1
+    return n
+
+
+def _params(mc: ModelCost, expert: str) -> tuple[float, float, float, float, float, int, int]:
+    """ModelCost as a plain tuple, validated (a bad profile raises ProfileError naming the expert)."""
+    bad = [
+        name
+        for name, ok in (
+            ("load_s >= 0", mc.load_s >= 0),
+            ("prefill_tps > 0", mc.prefill_tps > 0),
+            ("step_base_s >= 0", mc.step_base_s >= 0),
+            ("step_per_seq_s >= 0", mc.step_per_seq_s >= 0),
+            ("step_per_kv_token_s >= 0", mc.step_per_kv_token_s >= 0),
+            ("max_batch >= 1", mc.max_batch >= 1),
+            ("kv_capacity_tokens >= 1", mc.kv_capacity_tokens >= 1),
+        )
+        if not ok
+    ]
+    if bad:
+        raise ProfileError(f"cost of expert {expert!r} violates {', '.join(bad)}: {mc}")
+    return (float(mc.load_s), float(mc.prefill_tps), float(mc.step_base_s), float(mc.step_per_seq_s),
+            float(mc.step_per_kv_token_s), int(mc.max_batch), int(mc.kv_capacity_tokens))  # fmt: skip
+
+
+class WorkerSim:
+    """A simulated worker (one GPU). Records go to ``emit`` (default: appended to :attr:`records`).
+
+    ``cost_of(expert)`` returns the expert's :class:`ModelCost` on this worker's GPU type.
+    """
+
+    def __init__(
+        self,
+        worker_id: int,
+        cost_of: Callable[[str], ModelCost],
+        stage: str = EXPERT_STAGE,
+        start: float = 0.0,
+        resident: str | None = None,
+        emit: Callable[[Record], None] | None = None,
+    ) -> None:
+        self.worker_id = worker_id
+        self.stage = stage
+        self.start = float(start)
+        self.clock = float(start)  # time of the last applied event (or of the last enqueue(now) while idle)
+        self.resident = resident  # expert loaded now (None: nothing)
+        self.busy_s = 0.0  # seconds with a non-empty batch (prefill included)
+        self.loading_s = 0.0  # seconds loading models
+        self.last_end = float(start)  # when the last request finished (start if none yet)
+        self.completed = 0  # requests finished
+        self.records: list[Record] = []
+        self._emit = emit if emit is not None else self.records.append
+        self._cost_of = cost_of
+        self._cache: dict[str, tuple[float, float, float, float, float, int, int]] = {}
+        self._queue: deque[SimRequest] = deque()  # not yet admitted, in execution order
+        self._heap: list[tuple[int, int, float, SimRequest]] = []  # (finish step, admission seq, start, request)
+        self._step = 0  # decode steps run so far
+        self._kv = 0  # KV tokens held by the running batch
+        self._reserved = 0  # KV tokens reserved by the running batch (prompt + output each)
+        self._seq = 0  # admissions so far (heap tie-break)
+        self._next = _INF  # end time of the next event, set by _run
+
+    # --- state queries ---------------------------------------------------------------------------------------
+
+    @property
+    def batch_size(self) -> int:
+        return len(self._heap)
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    @property
+    def kv_tokens(self) -> int:
+        return self._kv
+
+    @property
+    def is_idle(self) -> bool:
+        """Nothing running and nothing queued."""
+        return not self._heap and not self._queue
+
+    @property
+    def idle_s(self) -> float:
+        """Seconds since ``start`` neither serving nor loading, up to :attr:`clock`."""
+        return max(self.clock - self.start - self.busy_s - self.loading_s, 0.0)
+
+    def pending(self) -> tuple[SimRequest, ...]:
+        """Queued requests not yet admitted, in execution order."""
+        return tuple(self._queue)
+
+    def running(self) -> tuple[SimRequest, ...]:
+        """Requests in the batch, in finishing order."""
+        return tuple(item for *_, item in sorted(self._heap))
+
+    def cost(self, expert: str) -> tuple[float, float, float, float, float, int, int]:
+        """(load_s, prefill_tps, step_base_s, step_per_seq_s, step_per_kv_token_s, max_batch, kv_capacity)."""
+        p = self._cache.get(expert)
+        if p is None:
+            p = self._cache[expert] = _params(self._cost_of(expert), expert)
+        return p
+
+    # --- incremental API -------------------------------------------------------------------------------------
+
+    def enqueue(self, requests: Iterable[SimRequest], now: float | None = None) -> None:
+        """Append requests to the queue. With ``now``: first advance to ``now``, admit nothing before it, and
+        let an idle worker's clock jump to ``now`` (it cannot have started the new work earlier)."""
+        if now is None:
+            self._queue.extend(requests)
+            return
+        self.advance_to(now)
+        if self.is_idle and self.clock < now:
+            self.clock = float(now)
+        self._queue.extend(r if r.arrival >= now else r._replace(arrival=float(now)) for r in requests)
+
+    def remove_pending(self, request_ids: Collection[int]) -> list[SimRequest]:
+        """Take the queued (not yet admitted) requests whose ids are in ``request_ids`` out of the queue."""
+        ids = set(request_ids)
+        taken = [r for r in self._queue if r.request_id in ids]
+        if taken:
+            self._queue = deque(r for r in self._queue if r.request_id not in ids)
+        return taken
+
+    def next_event_time(self) -> float:
+        """End time of the next event (admission + prefill, load, wait, decode to a completion); inf if idle."""
+        self._run(-_INF, 1)
+        return self._next
+
+    def step(self) -> float:
+        """Apply exactly one event (nothing when idle); returns the clock."""
+        self._run(_INF, 1)
+        return self.clock
+
+    def advance_to(self, t: float) -> int:
+        """Apply every event that ends at or before ``t``; returns how many."""
+        return self._run(t, _NEVER)
+
+    def run_until_idle(self) -> float:
+        """Run everything queued; returns when the last request finished."""
+        self._run(_INF, _NEVER)
+        return self.last_end
+
+    # --- the event loop --------------------------------------------------------------------------------------
+
+    def _run(self, limit: float, max_events: int) -> int:
+        """Apply events while the next one ends at or before ``limit``, at most ``max_events``.
+
+        One flat loop with the state in locals: it is the simulator's hot path (profiled), hence its length.
+        """
+        queue, heap, emit, stage, wid = self._queue, self._heap, self._emit, self.stage, self.worker_id
+        push, pop = heapq.heappush, heapq.heappop
+        t, s, kv, reserved, seq = self.clock, self._step, self._kv, self._reserved, self._seq
+        busy, loading, last_end, done = self.busy_s, self.loading_s, self.last_end, 0
+        resident = self.resident
+        tps = base = per_seq = per_kv = 0.0
+        mb = kvcap = 0
+        if resident is not None:
+            _, tps, base, per_seq, per_kv, mb, kvcap = self.cost(resident)
+        events = 0
+        nxt = _INF
+        while events < max_events:
+            b = len(heap)
+            wait_arrival = _INF  # a same-expert head that fits but has not arrived: decode only until it does
+            if queue:
+                head = queue[0]
+                if head[2] != resident:
+                    if not b:  # drained: load the next expert
+                        nl = self.cost(head[2])
+                        end = t + nl[0]
+                        if end > limit:
+                            nxt = end
+                            break
+                        emit(LoadRecord(stage, wid, head[2], t, end))
+                        loading += end - t
+                        t = end
+                        resident = head[2]
+                        _, tps, base, per_seq, per_kv, mb, kvcap = nl
+                        events += 1
+                        continue
+                elif b < mb and (not b or reserved + head[3] + head[4] <= kvcap):
+                    if head[5] <= t + ARRIVAL_EPS:  # admit + prefill
+                        end = t + head[3] / tps
+                        if end > limit:
+                            nxt = end
+                            break
+                        queue.popleft()
+                        push(heap, (s + head[4], seq, t, head))
+                        seq += 1
+                        busy += end - t
+                        t = end
+                        kv += head[3]
+                        reserved += head[3] + head[4]
+                        events += 1
+                        continue
+                    if not b:  # idle until the head arrives (no skipping ahead)
+                        if head[5] > limit:
+                            nxt = head[5]
+                            break
+                        t = head[5]
+                        events += 1
+                        continue
+                    wait_arrival = head[5]
+            if not b:
+                break  # nothing queued, nothing running
+            c0 = base + per_seq * b + per_kv * kv
+            h = per_kv * b
+            n = heap[0][0] - s
+            if wait_arrival < _INF:
+                n = min(n, steps_to_reach(wait_arrival - ARRIVAL_EPS - t, c0, h))
+            end = t + n * c0 + h * (n * (n - 1) * 0.5)
+            if end > limit:
+                nxt = end
+                break
+            busy += end - t
+            t = end
+            s += n
+            kv += b * n
+            events += 1
+            while heap and heap[0][0] <= s:
+                _, _, st, it = pop(heap)
+                tokens = it[3] + it[4]
+                kv -= tokens
+                reserved -= tokens
+                r = it[6]
+                if r is None:
+                    emit(RequestRecord(stage, it[0], it[1], it[2], wid, st, t, it[3], it[4]))
+                else:
+                    emit(RequestRecord(stage, it[0], it[1], it[2], wid, st, t, it[3], it[4], r.answer, r.correct,
+                                       r.text))  # fmt: skip
+                done += 1
+                last_end = t
+        self.clock, self._step, self._kv, self._reserved, self._seq = t, s, kv, reserved, seq
+        self.busy_s, self.loading_s, self.last_end, self.resident = busy, loading, last_end, resident
+        self.completed += done
+        self._next = nxt
+        return events

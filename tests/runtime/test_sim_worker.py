@@ -1,0 +1,166 @@
+"""WorkerSim timing: closed form vs a brute-force per-step loop, limits, arrivals, loads, the incremental API."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mosaic.core.errors import ProfileError
+from mosaic.core.trace import LoadRecord, RequestRecord
+from mosaic.runtime.sim_worker import SimRequest, WorkerSim, steps_to_reach
+
+
+def _worker(table, resident=None, start=0.0):
+    return WorkerSim(0, table.__getitem__, "expert", start, resident)
+
+
+def _timings(sim):
+    reqs = {r.request_id: (r.start, r.end) for r in sim.records if isinstance(r, RequestRecord)}
+    loads = [(r.expert, r.start, r.end) for r in sim.records if isinstance(r, LoadRecord)]
+    return reqs, loads
+
+
+def test_single_request_is_prefill_plus_closed_form_decode(rt):
+    mc = rt.mcost(load_s=7.0, prefill_tps=400.0, base=0.03, per_seq=0.002, per_kv=2e-5)
+    prompt, out = 120, 57
+    sim = _worker({"a": mc})
+    sim.enqueue([SimRequest(0, 0, "a", prompt, out, 0.0)])
+    sim.run_until_idle()
+    loop = sum(mc.step_time(1, prompt + i) for i in range(out))  # brute force, one step at a time
+    closed = out * mc.step_time(1, prompt) + mc.step_per_kv_token_s * out * (out - 1) / 2
+    (rec,) = [r for r in sim.records if isinstance(r, RequestRecord)]
+    (load,) = [r for r in sim.records if isinstance(r, LoadRecord)]
+    assert (load.start, load.end) == (0.0, 7.0)
+    assert rec.start == 7.0
+    assert rec.end - rec.start == pytest.approx(prompt / 400.0 + loop, rel=1e-12)
+    assert closed == pytest.approx(loop, rel=1e-12)
+    assert sim.busy_s == pytest.approx(rec.end - rec.start) and sim.loading_s == 7.0
+
+
+def test_batch_shares_steps(rt):
+    mc = rt.mcost(prefill_tps=1e12, base=0.01, per_seq=0.0, per_kv=0.0)
+    sim = _worker({"a": mc}, resident="a")
+    sim.enqueue([SimRequest(i, i, "a", 0, 10 * (i + 1), 0.0) for i in range(3)])
+    sim.run_until_idle()
+    ends = sorted(r.end for r in sim.records)
+    assert ends == pytest.approx([0.1, 0.2, 0.3])  # batching: 30 steps in all, not 60
+    assert not [r for r in sim.records if isinstance(r, LoadRecord)]  # already resident
+
+
+def test_max_batch_and_kv_capacity_limit_admission(rt):
+    mc = rt.mcost(prefill_tps=1e12, base=0.01, per_seq=0.0, per_kv=0.0, max_batch=2, kv_cap=100)
+    sim = _worker({"a": mc}, resident="a")
+    sim.enqueue([SimRequest(i, i, "a", 0, 10, 0.0) for i in range(3)])
+    sim.run_until_idle()
+    starts = {r.request_id: r.start for r in sim.records}
+    assert starts[2] == pytest.approx(0.1)  # max_batch 2: the third waits for a slot
+    sim = _worker({"a": mc}, resident="a")
+    sim.enqueue([SimRequest(0, 0, "a", 30, 30, 0.0), SimRequest(1, 1, "a", 30, 30, 0.0)])
+    sim.run_until_idle()
+    starts = {r.request_id: r.start for r in sim.records}
+    assert starts[1] == pytest.approx(0.3)  # 60 + 60 reserved > 100 KV tokens: runs after the first
+
+
+def test_oversized_request_runs_alone(rt):
+    mc = rt.mcost(kv_cap=10)
+    sim = _worker({"a": mc}, resident="a")
+    sim.enqueue([SimRequest(0, 0, "a", 50, 50, 0.0)])
+    assert sim.run_until_idle() > 0 and sim.completed == 1
+
+
+def test_arrivals_are_respected_in_order(rt):
+    mc = rt.mcost(prefill_tps=1e12, base=0.01, per_seq=0.0, per_kv=0.0)
+    sim = _worker({"a": mc}, resident="a")
+    sim.enqueue([SimRequest(0, 0, "a", 0, 100, 0.0), SimRequest(1, 1, "a", 0, 5, 0.255),
+                 SimRequest(2, 2, "a", 0, 5, 0.1)])  # fmt: skip
+    sim.run_until_idle()
+    starts = {r.request_id: r.start for r in sim.records}
+    assert starts[1] == pytest.approx(0.26)  # joins at the first step boundary after its arrival
+    assert starts[2] == pytest.approx(0.26)  # arrived earlier but queued behind 1: no skipping ahead
+    idle = _worker({"a": mc}, resident="a")
+    idle.enqueue([SimRequest(0, 0, "a", 0, 1, 3.0)])
+    idle.run_until_idle()
+    assert idle.records[0].start == 3.0 and idle.idle_s == pytest.approx(3.0)
+
+
+def test_load_waits_for_drain_and_starts_before_arrival(rt):
+    table = {"a": rt.mcost(load_s=1.0, prefill_tps=1e12, base=0.1, per_seq=0.0, per_kv=0.0), "b": rt.mcost(load_s=2.0)}
+    sim = _worker(table, resident="a")
+    sim.enqueue([SimRequest(0, 0, "a", 0, 10, 0.0), SimRequest(1, 1, "b", 0, 1, 5.0)])
+    sim.run_until_idle()
+    (load,) = [r for r in sim.records if isinstance(r, LoadRecord)]
+    assert (load.expert, load.start, load.end) == pytest.approx(("b", 1.0, 3.0))
+    assert next(r for r in sim.records if isinstance(r, RequestRecord) and r.request_id == 1).start == 5.0
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_event_driven_matches_brute_force(rt, data):
+    items, table, resident = data.draw(rt.worker_cases())
+    sim = _worker(table, resident, start=1.5)
+    sim.enqueue(items)
+    end = sim.run_until_idle()
+    reqs, loads = _timings(sim)
+    ref_reqs, ref_loads = rt.brute_force(items, table.__getitem__, 1.5, resident)
+    assert set(reqs) == set(ref_reqs) == {r.request_id for r in items}
+    for rid, (s, e) in ref_reqs.items():
+        assert reqs[rid] == pytest.approx((s, e), rel=1e-9, abs=1e-9), rid
+    assert [x[0] for x in loads] == [x[0] for x in ref_loads]
+    flat = [v for x in loads for v in x[1:]]
+    assert flat == pytest.approx([v for x in ref_loads for v in x[1:]], rel=1e-9, abs=1e-9)
+    assert end == pytest.approx(max(e for _, e in ref_reqs.values()), rel=1e-9)
+    assert sim.busy_s + sim.loading_s <= sim.clock - sim.start + 1e-9
+
+
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_stepping_and_advance_to_equal_one_run(rt, data):
+    items, table, resident = data.draw(rt.worker_cases())
+    whole = _worker(table, resident)
+    whole.enqueue(items)
+    whole.run_until_idle()
+    stepped = _worker(table, resident)
+    stepped.enqueue(items)
+    while not stepped.is_idle:
+        t = stepped.next_event_time()
+        assert t == stepped.next_event_time()  # a query, not a step
+        stepped.advance_to(t)
+        assert stepped.clock == t
+    assert stepped.next_event_time() == math.inf
+    assert stepped.records == whole.records
+
+
+def test_enqueue_later_and_remove_pending(rt):
+    mc = rt.mcost(prefill_tps=1e12, base=0.1, per_seq=0.0, per_kv=0.0)
+    sim = _worker({"a": mc, "b": mc}, resident="a")
+    sim.enqueue([SimRequest(0, 0, "a", 0, 10, 0.0), SimRequest(1, 1, "a", 0, 10, 0.0)])
+    sim.advance_to(0.5)
+    assert sim.batch_size == 2 and sim.clock == 0.0
+    sim.advance_to(2.0)
+    assert sim.is_idle and sim.last_end == pytest.approx(1.0)
+    sim.enqueue([SimRequest(2, 2, "a", 0, 1, 0.0), SimRequest(3, 3, "b", 0, 1, 0.0)], now=4.0)
+    assert [r.request_id for r in sim.remove_pending({3, 99})] == [3]
+    assert [r.arrival for r in sim.pending()] == [4.0]
+    sim.run_until_idle()
+    assert sim.records[-1].start == 4.0 and sim.resident == "a"
+    assert sim.idle_s == pytest.approx(4.1 - 1.1)  # clock - busy (1.0 then 0.1), nothing loaded
+
+
+def test_bad_model_cost_is_a_profile_error(rt):
+    sim = _worker({"a": rt.mcost(prefill_tps=0.0)})
+    sim.enqueue([SimRequest(0, 0, "a", 1, 1, 0.0)])
+    with pytest.raises(ProfileError, match="prefill_tps"):
+        sim.run_until_idle()
+
+
+@given(gap=st.floats(1e-6, 1e3), c0=st.floats(0.0, 1.0), h=st.sampled_from([0.0, 1e-6, 1e-3, 0.5]))
+def test_steps_to_reach_is_the_smallest_n(gap, c0, h):
+    n = steps_to_reach(gap, c0, h)
+    if c0 == 0.0 and h == 0.0:
+        assert n > 10**15
+        return
+    assert n >= 1 and n * c0 + h * n * (n - 1) / 2 >= gap
+    assert n == 1 or (n - 1) * c0 + h * (n - 1) * (n - 2) / 2 < gap
