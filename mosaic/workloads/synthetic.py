@@ -1,0 +1,93 @@
+"""A synthetic response model calibrated to the paper: per-expert length distributions (reasoning ~3000 tokens,
+instruct ~200, heavy lognormal tail) and one per-query difficulty that drives correctness, agreement and length
+together, so unanimous queries are short (~1064 tokens) and full splits long (~2696), as the paper measured.
+
+Difficulty is partly visible in the query (its domain and prompt length), so per-query length predictors have a
+real signal to learn; the rest is hidden noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from mosaic.core.types import Expert, ExpertKind, Response, Responses, Workload
+
+SIGMA = {ExpertKind.REASONING: 0.45, ExpertKind.INSTRUCT: 0.6}  # lognormal spread of one response's length
+MAX_TOKENS = {ExpertKind.REASONING: 16384, ExpertKind.INSTRUCT: 4096}  # generation caps
+MIN_TOKENS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseModel:
+    """Parameters of the synthetic responses (defaults calibrated to PAPER_NOTES.md; see tests/workloads)."""
+
+    accuracy: Mapping[str, float]  # expert -> logit of a correct answer at mean difficulty (unknown: 0.8)
+    difficulty: tuple[float, float] = (2.0, 2.4)  # Beta(a, b) of the hidden part of difficulty
+    alpha: float = 1.6  # how much a standard deviation of difficulty lowers the correctness logit
+    gamma: float = 0.75  # log-length change per standard deviation of difficulty
+    visible: float = 0.6  # share of difficulty variance explained by domain and prompt length
+    aggregator_boost: float = 2.5  # logit gain of the aggregator per unit of (share of experts correct - 1/2)
+    distractor_concentration: float = 0.5  # Dirichlet over wrong options: small = wrong experts agree more
+
+
+def difficulty(queries: Sequence, model: ResponseModel, rng: np.random.Generator) -> np.ndarray:
+    """Standardised per-query difficulty: a visible part (domain offset, log prompt length) and a hidden Beta part."""
+    n = len(queries)
+    hidden = rng.beta(*model.difficulty, size=n)
+    domains = sorted({q.domain for q in queries})
+    offset = dict(zip(domains, rng.normal(0.0, 1.0, len(domains)), strict=True))
+    visible = np.array([offset[q.domain] for q in queries]) + np.log1p([q.prompt_tokens for q in queries])
+    return np.sqrt(model.visible) * _standard(visible) + np.sqrt(1.0 - model.visible) * _standard(hidden)
+
+
+def _standard(x: np.ndarray) -> np.ndarray:
+    sd = float(np.std(x))
+    return (x - float(np.mean(x))) / sd if sd > 0 else np.zeros_like(x, dtype=float)
+
+
+def _letters(query) -> tuple[str, ...]:
+    n = len(query.choices) or 4
+    return tuple(chr(ord("A") + i) for i in range(n))
+
+
+def _length(expert: Expert, mean: float, z: float, gamma: float, rng: np.random.Generator) -> int:
+    s = SIGMA[expert.kind]
+    # E[exp(gamma z)] ~ exp(gamma^2 / 2) for standardised z: divided out so the expert's mean stays ``mean``
+    mu = np.log(mean) + gamma * z - gamma**2 / 2 - s**2 / 2
+    return int(np.clip(round(rng.lognormal(mu, s)), MIN_TOKENS, MAX_TOKENS[expert.kind]))
+
+
+def _answer(gold: str, letters: tuple[str, ...], correct: bool, distractors: np.ndarray, rng) -> str:
+    if correct:
+        return gold
+    wrong = [c for c in letters if c != gold]
+    return wrong[int(rng.choice(len(wrong), p=distractors))]
+
+
+def synthesize(
+    workload: Workload, means: Mapping[str, float], model: ResponseModel, rng: np.random.Generator
+) -> Responses:
+    """One response per routed (query, expert) and one aggregator response per query."""
+    z = difficulty(workload.queries, model, rng)
+    agg = workload.aggregator
+    table: dict[tuple[int, str], Response] = {}
+    for q, route, zq in zip(workload.queries, workload.routes, z, strict=True):
+        letters = _letters(q)
+        gold = q.gold if q.gold in letters else letters[0]
+        distractors = rng.dirichlet(np.full(len(letters) - 1, model.distractor_concentration))
+        answers = []
+        for name in route:
+            e = workload.expert(name)
+            p = 1.0 / (1.0 + np.exp(-(model.accuracy.get(name, 0.8) - model.alpha * zq)))
+            ok = bool(rng.random() < p)
+            answers.append(_answer(gold, letters, ok, distractors, rng))
+            table[(q.id, name)] = Response(_length(e, means[name], zq, model.gamma, rng), answers[-1], ok)
+        share = sum(a == gold for a in answers) / len(answers) if answers else 0.5
+        logit = model.accuracy.get(agg.name, 0.8) - model.alpha * zq
+        ok = bool(rng.random() < 1.0 / (1.0 + np.exp(-(logit + model.aggregator_boost * (share - 0.5)))))
+        table[(q.id, agg.name)] = Response(_length(agg, means[agg.name], zq, model.gamma, rng),
+                                           _answer(gold, letters, ok, distractors, rng), ok)  # fmt: skip
+    return Responses(table)
