@@ -1,5 +1,144 @@
-"""Command-line interface (filled in by the foundation issue)."""
+"""The ``mosaic`` command: run, compare, list (and the subcommands other packages register)."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import time
+from collections.abc import Sequence
+
+from rich.console import Console
+
+from mosaic.core.config import RunConfig, load_config
+from mosaic.core.errors import MosaicError
+
+# Modules that add their own subcommands through ``register_cli(subparsers)``.
+EXTENSIONS = ("mosaic.predictors.commands", "mosaic.runtime.engine_commands")
+
+console = Console()
 
 
-def main() -> None:
-    raise SystemExit("not yet")
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML run config (see experiments/configs/)")
+    p.add_argument("--seed", type=int, help="override the config's seed")
+    p.add_argument("--out", help="output directory (default: <out_dir>/<name>__<command>__seed<seed>__<time>)")
+    p.add_argument("--backend", help="sim | vllm | ray (overrides runtime.backend)")
+    p.add_argument("--aggregation", choices=["always", "adaptive"], help="overrides aggregation.mode")
+    p.add_argument("--threshold", type=float, help="skip the aggregator when confidence >= this (adaptive)")
+    p.add_argument("--track", action="store_true", help="log to W&B online (default: offline run directory)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override any config field, e.g. --set cluster.workers=8 (repeatable)")  # fmt: skip
+
+
+def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> RunConfig:
+    overrides = list(args.overrides)
+    for key, value in (
+        ("seed", args.seed),
+        ("runtime.backend", args.backend),
+        ("aggregation.mode", args.aggregation),
+        ("aggregation.threshold", args.threshold),
+    ):
+        if value is not None:
+            overrides.append(f"{key}={value}")
+    if args.threshold is not None and args.aggregation is None:
+        overrides.append("aggregation.mode=adaptive")
+    if args.track:
+        overrides.append("tracking.mode=online")
+    return load_config(args.config, [*overrides, *extra])
+
+
+def _execute(args: argparse.Namespace, schedulers: list[str], command: str) -> int:
+    from mosaic.pipeline import compare, prepare
+    from mosaic.report.outputs import run_dir, write_report
+
+    cfg = _config(args)
+    out_dir = run_dir(cfg, command, time.strftime("%Y%m%d-%H%M%S"), args.out)
+    with console.status(f"building workload {cfg.workload.preset} (seed {cfg.seed})"):
+        exp = prepare(cfg)
+    console.print(
+        f"[bold]{exp.workload.name}[/bold]: {len(exp.workload.queries)} queries, {len(exp.workload.requests)} "
+        f"requests, {len(exp.workload.experts)} experts, {len(exp.cluster)} x {cfg.cluster.gpu_type}, "
+        f"backend {cfg.runtime.backend}, aggregation {cfg.aggregation.mode}"
+        + (f" (T={cfg.aggregation.threshold:g})" if cfg.aggregation.mode == "adaptive" else "")
+    )
+    with console.status("") as status:
+        runs = compare(exp, schedulers, out_dir, lambda n: status.update(f"running scheduler {n}"))
+    title = f"{cfg.name}: {command}"
+    write_report(cfg, runs, out_dir, console, title)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    cfg = _config(args)
+    return _execute(args, [args.scheduler or cfg.scheduler], "run")
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    names = [s.strip() for s in args.schedulers.split(",") if s.strip()]
+    if not names:
+        raise MosaicError("--schedulers needs at least one name, e.g. round-robin,greedy-lpt")
+    from mosaic.agents import SCHEDULERS
+
+    for n in names:
+        SCHEDULERS.get(n)  # fail before any work on an unknown name
+    args.overrides = [*args.overrides, f"baseline={names[0]}"]
+    return _execute(args, names, "compare")
+
+
+def cmd_list(args: argparse.Namespace) -> int:
+    from rich.table import Table
+
+    import mosaic.pipeline  # noqa: F401  (imports every registry's implementations)
+    from mosaic.agents import SCHEDULERS
+    from mosaic.agents.registry import AGGREGATION_POLICIES
+    from mosaic.predictors.registry import LENGTH_PREDICTORS
+    from mosaic.runtime.registry import BACKENDS
+    from mosaic.workloads.registry import WORKLOADS
+
+    table = Table("kind", "name", "description")
+    registries = (
+        ("scheduler", SCHEDULERS), ("backend", BACKENDS), ("workload", WORKLOADS),
+        ("length predictor", LENGTH_PREDICTORS), ("aggregation policy", AGGREGATION_POLICIES),
+    )  # fmt: skip
+    for kind, reg in registries:
+        for name, help_ in reg.describe().items():
+            table.add_row(kind, name, help_)
+    console.print(table)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mosaic", description="Schedule Mixture-of-Agents LLM workloads.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="run one scheduler on a config")
+    _common(p)
+    p.add_argument("--scheduler", help="scheduler name (default: the config's)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("compare", help="run several schedulers on the same workload; one table")
+    _common(p)
+    p.add_argument("--schedulers", required=True, help="comma-separated names; speedups are against the first")
+    p.set_defaults(func=cmd_compare)
+    sub.add_parser("list", help="registered schedulers, backends, workloads, predictors").set_defaults(func=cmd_list)
+    for mod in EXTENSIONS:
+        try:
+            module = importlib.import_module(mod)
+        except ModuleNotFoundError as err:
+            if err.name != mod:
+                raise
+            continue
+        module.register_cli(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except MosaicError as err:
+        console.print(f"[bold red]error:[/bold red] {err}")
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

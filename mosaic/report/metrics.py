@@ -33,12 +33,20 @@ class RunMetrics:
     skip_rate: float  # share of queries whose aggregator call was skipped
     accuracy: float | None  # final answers vs gold, when gold is known
     workers: Mapping[int, WorkerUsage] = field(default_factory=dict)  # worker id -> expert-stage usage
+    accuracy_always: float | None = None  # accuracy had every query gone to the aggregator (when known)
     stats: Mapping[str, float | int | str] = field(default_factory=dict)  # the scheduler's own figures
 
     @property
     def gap(self) -> float:
         """Relative distance of the expert-stage makespan above the lower bound."""
         return self.expert_makespan / self.lower_bound - 1.0 if self.lower_bound > 0 else 0.0
+
+    @property
+    def accuracy_delta_pp(self) -> float | None:
+        """Accuracy change of this run's aggregation policy against always aggregating, in percentage points."""
+        if self.accuracy is None or self.accuracy_always is None:
+            return None
+        return 100.0 * (self.accuracy - self.accuracy_always)
 
     @property
     def idle_share(self) -> float:
@@ -52,6 +60,7 @@ class RunMetrics:
         d["stats"] = dict(self.stats)
         d["gap"] = self.gap
         d["idle_share"] = self.idle_share
+        d["accuracy_delta_pp"] = self.accuracy_delta_pp
         return d
 
 

@@ -17,7 +17,7 @@ PAPER_FIGURES: Mapping[str, Mapping[str, float]] = {
 
 COLUMNS = (
     "scheduler", "expert s", "expert x", "aggregation s", "aggregation x", "end-to-end s", "end-to-end x",
-    "bound s", "gap %", "loads", "idle %", "skip %", "accuracy %",
+    "bound s", "gap %", "loads", "idle %", "skip %", "accuracy %", "Δacc pp",
 )  # fmt: skip
 
 
@@ -44,6 +44,7 @@ def rows(metrics: Sequence[RunMetrics], baseline: str) -> list[list[str]]:
             _pct(m.idle_share),
             _pct(m.skip_rate),
             _pct(m.accuracy),
+            "-" if m.accuracy_delta_pp is None else f"{m.accuracy_delta_pp:+.2f}",
         ])  # fmt: skip
     return out
 
@@ -51,7 +52,11 @@ def rows(metrics: Sequence[RunMetrics], baseline: str) -> list[list[str]]:
 def comparison_table(metrics: Sequence[RunMetrics], baseline: str, title: str = "") -> Table:
     """A rich table; ``x`` columns are speedups over ``baseline``."""
     base = baseline if any(m.scheduler == baseline for m in metrics) else metrics[0].scheduler
-    table = Table(title=title or None, caption=f"x = speedup over {base}; gap = expert stage above its lower bound")
+    table = Table(
+        title=title or None,
+        caption=f"x = speedup over {base}; gap = expert stage above its lower bound; "
+        "Δacc = accuracy minus always-aggregate accuracy",
+    )
     for i, c in enumerate(COLUMNS):
         table.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
     for r in rows(metrics, base):

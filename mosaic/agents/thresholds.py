@@ -1,0 +1,141 @@
+"""Skip policies for the aggregation stage: a fixed confidence threshold, and a hook for learned policies.
+
+Registered in :data:`mosaic.agents.registry.AGGREGATION_POLICIES` on import:
+``always`` (never skip), ``threshold`` (:class:`FixedThreshold`), ``learned`` (:class:`LearnedThresholdPolicy`).
+:func:`features` is the observation shared with learned (RL) skip policies: one fixed-length float32 vector.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from mosaic.agents.registry import AGGREGATION_POLICIES
+from mosaic.core.errors import ConfigError, WorkloadError
+from mosaic.core.types import ExpertKind, Query
+from mosaic.runtime.aggregation import SKIP_TOLERANCE, AggregationPolicy, AlwaysAggregate, ThresholdPolicy
+
+FEATURE_NAMES: tuple[str, ...] = (
+    "confidence",  # share of the k experts giving the most common answer
+    "k",  # number of experts that answered the query
+    "margin",  # share of the most common answer minus share of the second
+    "distinct_share",  # distinct extracted answers / k
+    "no_answer_share",  # share of experts with no extracted answer
+    "reasoning_share",  # share of reasoning experts among the k (0 when kinds unknown)
+    "log_aggregator_cost",  # log1p(predicted aggregator seconds for this query)
+    "log_prompt_tokens",  # log1p(query prompt tokens)
+    "n_choices",  # number of answer options (0: open answer)
+)
+
+DEFAULT_TOLERANCE = 0.005  # a threshold given to two decimals (0.67) means the fraction it rounds (2/3)
+
+
+def features(
+    query: Query,
+    answers: Sequence[str | None],
+    confidence: float,
+    expert_kinds: Sequence[ExpertKind | str] = (),
+    predicted_aggregator_cost: float = 0.0,
+) -> np.ndarray:
+    """Observation for a skip decision, ordered as :data:`FEATURE_NAMES` (float32, finite).
+
+    ``expert_kinds``: kind of each of the k experts (empty when unknown); ``predicted_aggregator_cost``: seconds the
+    aggregator call would take (from the cost model), >= 0.
+    """
+    k = len(answers)
+    if k == 0:
+        raise WorkloadError(f"query {query.id}: skip features need at least one expert answer")
+    if not 0.0 <= confidence <= 1.0:
+        raise WorkloadError(f"query {query.id}: confidence must be in [0, 1], got {confidence}")
+    if expert_kinds and len(expert_kinds) != k:
+        raise WorkloadError(f"query {query.id}: {len(expert_kinds)} expert kinds for {k} answers")
+    if not (predicted_aggregator_cost >= 0.0 and math.isfinite(predicted_aggregator_cost)):
+        raise WorkloadError(f"query {query.id}: predicted aggregator cost must be finite and >= 0")
+    counts = [*sorted(Counter(a for a in answers if a is not None).values(), reverse=True), 0, 0]
+    reasoning = sum(ExpertKind(kind) is ExpertKind.REASONING for kind in expert_kinds)
+    return np.array(
+        [
+            confidence,
+            k,
+            (counts[0] - counts[1]) / k,
+            len([c for c in counts if c > 0]) / k,
+            sum(a is None for a in answers) / k,
+            reasoning / k,
+            math.log1p(predicted_aggregator_cost),
+            math.log1p(max(query.prompt_tokens, 0)),
+            len(query.choices),
+        ],
+        dtype=np.float32,
+    )
+
+
+class FixedThreshold(ThresholdPolicy):
+    """Skip the aggregator when confidence >= T (T = 1: unanimous; T = 2/3: also 2:1 votes of k = 3).
+
+    Unlike the bare :class:`ThresholdPolicy` (tolerance 1e-9), ``tolerance`` absorbs thresholds written with two
+    decimals: T = 0.67 skips at confidence 2/3, as the paper's T = 2/3.
+    """
+
+    name = "threshold"
+
+    def __init__(self, threshold: float = 1.0, tolerance: float = DEFAULT_TOLERANCE) -> None:
+        super().__init__(threshold)
+        if not (isinstance(tolerance, int | float) and 0.0 <= tolerance < 0.05):
+            raise ConfigError(f"aggregation threshold tolerance must be in [0, 0.05), got {tolerance!r}")
+        self.tolerance = max(float(tolerance), SKIP_TOLERANCE)
+
+    def decide(self, query: Query, answers: Sequence[str | None], confidence: float) -> bool:
+        return confidence >= self.threshold - self.tolerance
+
+    def __repr__(self) -> str:
+        return f"FixedThreshold({self.threshold:g})"
+
+
+SkipModel = Any  # a callable features -> skip, or an object with .predict(features)
+Context = Callable[[Query], tuple[Sequence[ExpertKind | str], float]]  # query -> (expert kinds, aggregator seconds)
+
+
+class LearnedThresholdPolicy(AggregationPolicy):
+    """Skip when a learned model says so: ``model.predict(features)`` (or ``model(features)``) -> skip.
+
+    The output may be a bool, a 0/1 action, a probability (skip when >= 0.5), a size-1 array, or an SB3-style
+    ``(action, state)`` tuple. ``context`` supplies what :meth:`decide` is not given: the experts' kinds and the
+    predicted aggregator seconds of a query (default: unknown kinds, cost 0).
+    """
+
+    name = "learned"
+
+    def __init__(self, model: SkipModel, context: Context | None = None) -> None:
+        if not (callable(model) or callable(getattr(model, "predict", None))):
+            raise ConfigError("learned aggregation policy needs a callable or an object with .predict(features)")
+        self.model = model
+        self.context = context
+
+    def features(self, query: Query, answers: Sequence[str | None], confidence: float) -> np.ndarray:
+        kinds, cost = self.context(query) if self.context is not None else ((), 0.0)
+        return features(query, answers, confidence, kinds, cost)
+
+    def decide(self, query: Query, answers: Sequence[str | None], confidence: float) -> bool:
+        obs = self.features(query, answers, confidence)
+        predict = getattr(self.model, "predict", None)
+        out = predict(obs) if callable(predict) else self.model(obs)
+        if isinstance(out, tuple):  # stable-baselines3: (action, state)
+            out = out[0]
+        values = np.asarray(out, dtype=float).ravel()
+        if values.size != 1 or not np.isfinite(values[0]):
+            raise WorkloadError(f"learned skip model returned {out!r}; expected one finite skip value")
+        return bool(values[0] >= 0.5)
+
+
+AGGREGATION_POLICIES.register("always", "never skip the aggregator (the MoA baseline)")(AlwaysAggregate)
+AGGREGATION_POLICIES.register("threshold", "skip when expert agreement >= T (paper: T = 1, 2/3)")(FixedThreshold)
+AGGREGATION_POLICIES.register("learned", "skip when a learned model predicts so (RL hook)")(LearnedThresholdPolicy)
+
+
+def make_aggregation_policy(name: str, **kwargs: Any) -> AggregationPolicy:
+    """Instantiate the aggregation policy registered as ``name`` (e.g. ``threshold``, threshold=0.67)."""
+    return AGGREGATION_POLICIES.get(name)(**kwargs)

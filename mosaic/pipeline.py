@@ -1,0 +1,130 @@
+"""From a config to finished runs: build the workload and costs once, run schedulers, collect metrics.
+
+``prepare`` does the scheduler-independent work; ``run_scheduler`` runs one scheduler through the
+Executor on the configured backend, writing its trace; ``compare`` runs several on the same inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mosaic.agents import make_scheduler
+from mosaic.agents.thresholds import make_aggregation_policy
+from mosaic.core.config import RunConfig
+from mosaic.core.trace import EXPERT_STAGE, Record, TraceWriter
+from mosaic.core.types import Cluster, Responses, Workload
+from mosaic.predictors.factory import build_cost_model
+from mosaic.predictors.interface import CostModel
+from mosaic.report.metrics import RunMetrics, aggregation_summary, count_loads, worker_usage
+from mosaic.runtime.aggregation import AggregationPolicy
+from mosaic.runtime.executor import Executor, RunResult
+from mosaic.runtime.registry import BACKENDS
+from mosaic.workloads import build_workload, expert_means
+
+ProgressFn = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class Experiment:
+    """Everything a scheduler run needs, built once per config and seed."""
+
+    cfg: RunConfig
+    workload: Workload
+    responses: Responses  # ground truth the simulator replays; schedulers never see it
+    costs: CostModel  # bound to ``workload``
+    cluster: Cluster
+    seed_seq: np.random.SeedSequence  # children: [0] workload, [1] schedulers
+
+
+@dataclass(frozen=True, slots=True)
+class SchedulerRun:
+    """One scheduler's result: the executor's result, its trace records and metrics."""
+
+    name: str
+    result: RunResult
+    records: tuple[Record, ...]
+    metrics: RunMetrics
+    trace_path: Path | None
+
+
+def prepare(cfg: RunConfig) -> Experiment:
+    """Build workload, ground-truth responses, cost model and cluster from ``cfg``."""
+    seq = np.random.SeedSequence(cfg.seed)
+    wl_seq, _ = seq.spawn(2)
+    workload, responses = build_workload(cfg, np.random.default_rng(wl_seq))
+    costs = build_cost_model(cfg, workload, expert_means(cfg, workload), responses).bind(workload)
+    cluster = Cluster.homogeneous(cfg.cluster.workers, cfg.cluster.gpu_type, cfg.cluster.memory_gb)
+    return Experiment(cfg, workload, responses, costs, cluster, seq)
+
+
+def _policy(cfg: RunConfig) -> AggregationPolicy:
+    """``aggregation.mode``: ``always`` or ``adaptive`` (fixed threshold T, two-decimal T = 0.67 meaning 2/3)."""
+    if cfg.aggregation.mode == "adaptive":
+        return make_aggregation_policy("threshold", threshold=cfg.aggregation.threshold)
+    return make_aggregation_policy("always")
+
+
+def run_scheduler(exp: Experiment, name: str, trace_path: Path | None = None) -> SchedulerRun:
+    """Run scheduler ``name`` on the experiment's backend; same experiment + name -> same trace."""
+    cfg = exp.cfg
+    backend = BACKENDS.get(cfg.runtime.backend)(cfg, exp.responses, exp.costs)
+    scheduler = make_scheduler(name)
+    rng = np.random.default_rng(exp.seed_seq.spawn(2)[1])
+    meta = {"scheduler": name, "workload": exp.workload.name, "seed": cfg.seed, "backend": cfg.runtime.backend}
+    try:
+        with TraceWriter(trace_path, meta=meta) as trace:
+            result = Executor(backend, _policy(cfg)).run(exp.workload, scheduler, exp.costs, exp.cluster, rng, trace)
+            records = tuple(trace.records)
+    finally:
+        backend.close()
+    metrics = metrics_of(name, result, records, exp.cluster, always_accuracy(exp.workload, exp.responses))
+    return SchedulerRun(name, result, records, metrics, trace_path)
+
+
+def always_accuracy(workload: Workload, responses: Responses) -> float | None:
+    """Share of queries the aggregator answers correctly (ground truth), i.e. the accuracy of always aggregating."""
+    agg = workload.aggregator.name
+    known = [r.correct for q in workload.queries if (r := responses.table.get((q.id, agg))) and r.correct is not None]
+    return sum(known) / len(known) if known else None
+
+
+def metrics_of(
+    name: str, result: RunResult, records: Sequence[Record], cluster: Cluster, accuracy_always: float | None = None
+) -> RunMetrics:
+    """Metrics of one finished run (``accuracy_always``: the always-aggregate accuracy, for the pp delta)."""
+    ex, agg = result.expert, result.aggregation
+    aggregated, skip_rate, accuracy = aggregation_summary(records)
+    plan = result.expert_plan
+    return RunMetrics(
+        scheduler=name,
+        expert_makespan=ex.makespan,
+        aggregation_time=agg.makespan,
+        end_to_end=agg.end - ex.start,
+        lower_bound=plan.lower_bound,
+        predicted_makespan=plan.predicted_makespan,
+        requests=len(plan.assignment),
+        loads=count_loads(records, EXPERT_STAGE),
+        aggregated=aggregated,
+        skip_rate=skip_rate,
+        accuracy=accuracy,
+        workers=worker_usage(records, cluster.ids, EXPERT_STAGE, ex.start, ex.end),
+        stats=dict(plan.stats),
+        accuracy_always=accuracy_always,
+    )
+
+
+def compare(
+    exp: Experiment, schedulers: Sequence[str], out_dir: Path | None, progress: ProgressFn | None = None
+) -> list[SchedulerRun]:
+    """Run each scheduler on the same experiment; traces go to ``out_dir/<name>.trace.jsonl``."""
+    runs = []
+    for name in schedulers:
+        if progress:
+            progress(name)
+        path = out_dir / f"{name}.trace.jsonl" if out_dir else None
+        runs.append(run_scheduler(exp, name, path))
+    return runs

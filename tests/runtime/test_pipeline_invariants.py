@@ -1,0 +1,102 @@
+"""Properties of whole simulated runs (config -> workload -> plan -> simulator -> trace), for every baseline."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from itertools import pairwise
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mosaic.core.config import parse_config
+from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, LoadRecord, RequestRecord, read_trace
+from mosaic.pipeline import prepare, run_scheduler
+
+BASELINES = ("sequential", "round-robin", "data-parallel", "greedy-lpt")
+EPS = 1e-6
+
+
+def _cfg(preset: str, n: int, workers: int, k: int, seed: int, predictor: str = "mean", mode: str = "always"):
+    return parse_config({
+        "seed": seed,
+        "workload": {"preset": preset, "questions": "synthetic", "num_queries": n, "k": k},
+        "cluster": {"workers": workers},
+        "costs": {"predictor": predictor},
+        "aggregation": {"mode": mode, "threshold": 0.67},
+        "tracking": {"mode": "disabled"},
+    })  # fmt: skip
+
+
+def check_trace(records, workload_requests: int, stage: str) -> None:
+    """Each request once; every request runs while its expert is the worker's only resident model."""
+    reqs = [r for r in records if isinstance(r, RequestRecord) and r.stage == stage]
+    loads = [r for r in records if isinstance(r, LoadRecord) and r.stage == stage]
+    assert sorted(r.request_id for r in reqs) == list(range(workload_requests))
+    per_worker: dict[int, list] = defaultdict(list)
+    for rec in (*loads, *reqs):
+        per_worker[rec.worker].append(rec)
+    for w, recs in per_worker.items():
+        w_loads = sorted((r for r in recs if isinstance(r, LoadRecord)), key=lambda r: r.start)
+        for a, b in pairwise(w_loads):
+            assert a.end <= b.start + EPS, f"worker {w}: loads overlap"
+        for r in (r for r in recs if isinstance(r, RequestRecord)):
+            before = [ld for ld in w_loads if ld.end <= r.start + EPS]
+            if before:  # the latest load before the request decides what is resident
+                assert before[-1].expert == r.expert, f"worker {w} ran {r.expert} while {before[-1].expert} resident"
+            # no load may happen while the request runs (one resident expert at a time)
+            assert not any(r.start + EPS < ld.start < r.end - EPS for ld in w_loads), f"worker {w}: load mid-request"
+
+
+@pytest.mark.parametrize("name", BASELINES)
+@settings(max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    preset=st.sampled_from(["gpqa", "medmcqa", "mmlu_pro"]),
+    n=st.integers(1, 60),
+    workers=st.integers(1, 5),
+    k=st.integers(1, 4),
+    seed=st.integers(0, 10_000),
+    mode=st.sampled_from(["always", "adaptive"]),
+)
+def test_every_run_is_consistent(name, preset, n, workers, k, seed, mode):
+    exp = prepare(_cfg(preset, n, workers, k, seed, mode=mode))
+    run = run_scheduler(exp, name)
+    check_trace(run.records, len(exp.workload.requests), EXPERT_STAGE)
+    n_agg = sum(not d.skipped for d in run.result.decisions)
+    check_trace(run.records, n_agg, AGGREGATION_STAGE)
+    assert len(run.result.decisions) == len(exp.workload.queries)
+    assert run.metrics.expert_makespan > 0
+    assert run.result.aggregation.start >= run.result.expert.end - EPS  # aggregation starts after the experts
+
+
+@pytest.mark.parametrize("name", BASELINES)
+@settings(max_examples=5, deadline=None)
+@given(n=st.integers(1, 80), workers=st.integers(1, 4), seed=st.integers(0, 10_000))
+def test_makespan_never_below_the_lower_bound(name, n, workers, seed):
+    """With predictions equal to the truth (oracle lengths) the bound holds for the simulated makespan."""
+    exp = prepare(_cfg("mmlu_pro", n, workers, 3, seed, predictor="oracle"))
+    run = run_scheduler(exp, name)
+    assert run.metrics.expert_makespan >= run.metrics.lower_bound * (1 - 1e-9)
+
+
+@pytest.mark.parametrize("name", BASELINES)
+def test_same_seed_same_trace_file(tmp_path, name):
+    cfg = _cfg("gpqa", 40, 3, 3, 7, mode="adaptive")
+    paths = [tmp_path / f"{i}.jsonl" for i in range(2)]
+    for p in paths:
+        run_scheduler(prepare(cfg), name, p)
+    assert paths[0].read_bytes() == paths[1].read_bytes()
+    assert list(read_trace(paths[0]))  # non-empty, parseable
+    other = tmp_path / "other.jsonl"
+    run_scheduler(prepare(cfg.model_copy(update={"seed": 8})), name, other)
+    assert other.read_bytes() != paths[0].read_bytes()
+
+
+def test_round_robin_straggles_on_the_paper_workload():
+    """The paper's pathology: the worker holding the popular reasoning expert runs far past the others."""
+    exp = prepare(_cfg("medmcqa", 4183, 4, 3, 0))
+    ends = run_scheduler(exp, "round-robin").result.expert.worker_end
+    spans = sorted(ends.values())
+    assert spans[-1] > 1.5 * spans[-2] and spans[-1] > 10 * spans[0]
+    lpt = run_scheduler(exp, "greedy-lpt").metrics.expert_makespan
+    assert lpt < 0.6 * spans[-1]
