@@ -39,6 +39,12 @@ class Experiment:
     cluster: Cluster
     seed_seq: np.random.SeedSequence  # children: [0] workload, [1] schedulers
 
+    def scheduler_rng(self) -> np.random.Generator:
+        """A fresh generator for one scheduler run: the same for every run of this experiment (``spawn`` on
+        ``seed_seq`` itself is stateful, so the child is rebuilt from its spawn key instead)."""
+        child = np.random.SeedSequence(self.seed_seq.entropy, spawn_key=(*self.seed_seq.spawn_key, 1))
+        return np.random.default_rng(child)
+
 
 @dataclass(frozen=True, slots=True)
 class SchedulerRun:
@@ -73,7 +79,7 @@ def run_scheduler(exp: Experiment, name: str, trace_path: Path | None = None) ->
     cfg = exp.cfg
     backend = BACKENDS.get(cfg.runtime.backend)(cfg, exp.responses, exp.costs)
     scheduler = make_scheduler(name)
-    rng = np.random.default_rng(exp.seed_seq.spawn(2)[1])
+    rng = exp.scheduler_rng()
     meta = {"scheduler": name, "workload": exp.workload.name, "seed": cfg.seed, "backend": cfg.runtime.backend}
     try:
         with TraceWriter(trace_path, meta=meta) as trace:

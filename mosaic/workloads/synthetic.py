@@ -8,6 +8,7 @@ real signal to learn; the rest is hidden noise.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -37,10 +38,15 @@ def difficulty(queries: Sequence, model: ResponseModel, rng: np.random.Generator
     """Standardised per-query difficulty: a visible part (domain offset, log prompt length) and a hidden Beta part."""
     n = len(queries)
     hidden = rng.beta(*model.difficulty, size=n)
-    domains = sorted({q.domain for q in queries})
-    offset = dict(zip(domains, rng.normal(0.0, 1.0, len(domains)), strict=True))
+    offset = {d: domain_offset(d) for d in {q.domain for q in queries}}
     visible = np.array([offset[q.domain] for q in queries]) + np.log1p([q.prompt_tokens for q in queries])
     return np.sqrt(model.visible) * _standard(visible) + np.sqrt(1.0 - model.visible) * _standard(hidden)
+
+
+def domain_offset(domain: str) -> float:
+    """How hard a domain is (standard normal), a fixed function of its name: the same in every run and seed, so
+    what a length predictor learns about domains transfers between runs."""
+    return float(np.random.default_rng(zlib.crc32(domain.encode("utf-8"))).normal())
 
 
 def _standard(x: np.ndarray) -> np.ndarray:

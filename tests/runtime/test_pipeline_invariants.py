@@ -100,3 +100,15 @@ def test_round_robin_straggles_on_the_paper_workload():
     assert spans[-1] > 1.5 * spans[-2] and spans[-1] > 10 * spans[0]
     lpt = run_scheduler(exp, "greedy-lpt").metrics.expert_makespan
     assert lpt < 0.6 * spans[-1]
+
+
+def test_scheduler_runs_do_not_depend_on_what_ran_before():
+    """compare() runs schedulers one after another on one experiment: each must equal its run alone."""
+    cfg = _cfg("gpqa", 30, 3, 3, 5, mode="adaptive")
+    exp = prepare(cfg)
+    first = exp.scheduler_rng().integers(1 << 62, size=4)
+    run_scheduler(exp, "round-robin")
+    assert (exp.scheduler_rng().integers(1 << 62, size=4) == first).all()  # every scheduler gets the same stream
+    after = run_scheduler(exp, "greedy-lpt").records
+    alone = run_scheduler(prepare(cfg), "greedy-lpt").records
+    assert after == alone
