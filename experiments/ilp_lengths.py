@@ -1,0 +1,183 @@
+"""Does a per-request length predictor make the MOSAIC ILP's plans faster? Simulated makespan, mean vs LightGBM costs.
+
+Setting: a paper workload (default: experiments/configs/mmlu_pro.yaml, synthetic responses whose lengths share a
+per-query difficulty that is partly visible in the query). Its queries are split in two: LightGBM is trained on
+the true lengths of one half (the "past traffic"), and the scheduler plans the other half, whose lengths it never
+saw, once per cost predictor; the simulator replays the true lengths. ``--mode cross-seed`` instead trains on the
+same config with seed+1 and runs the pipeline's own ``prepare`` with ``costs.predictor=lightgbm:PATH``.
+
+    python experiments/ilp_lengths.py [--config experiments/configs/mmlu_pro.yaml] [--scheduler mosaic-ilp]
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+from rich.table import Column, Table
+
+from mosaic.agents import SCHEDULERS
+from mosaic.core.config import RunConfig, load_config
+from mosaic.core.types import Responses, Workload
+from mosaic.pipeline import Experiment, prepare, run_scheduler
+from mosaic.predictors.factory import build_cost_model
+from mosaic.predictors.length_data import rows_from_workload
+from mosaic.predictors.lgbm import LightGBMLengthPredictor
+from mosaic.workloads import expert_means
+
+ROOT = Path(__file__).resolve().parents[1]
+console = Console(width=None if sys.stdout.isatty() else 180)  # wide tables when piped to a file
+
+
+@dataclass(frozen=True)
+class Args:
+    config: str = str(ROOT / "experiments" / "configs" / "mmlu_pro.yaml")  # paper workload config
+    schedulers: str = "mosaic-ilp,greedy-lpt"  # comma-separated; mosaic-ilp is skipped when not registered
+    seed: int = 0  # workload seed (cross-seed mode trains on seed + 1)
+    mode: str = "heldout"  # heldout: train on half the queries, plan the other half | cross-seed
+    train_frac: float = 0.5  # heldout: share of queries whose true lengths train the model
+    out: str = "runs/ilp_lengths"  # where the model and the scatter PNG go
+
+
+def parse_args() -> Args:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for name, default in Args().__dict__.items():
+        ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    return Args(**vars(ap.parse_args()))
+
+
+def scheduler_names(wanted: str) -> list[str]:
+    """The registered names of ``wanted`` (importing the ILP scheduler module first); greedy-lpt if none is."""
+    with contextlib.suppress(ModuleNotFoundError):
+        importlib.import_module("mosaic.agents.ilp_scheduler")
+    names = [n.strip() for n in wanted.split(",") if n.strip()]
+    for n in names:
+        if n not in SCHEDULERS:
+            console.print(f"[yellow]{n} is not registered; skipped[/yellow]")
+    return [n for n in names if n in SCHEDULERS] or ["greedy-lpt"]
+
+
+def sub_experiment(exp: Experiment, keep: np.ndarray, predictor: str) -> Experiment:
+    """The queries ``keep`` of ``exp`` as their own workload (renumbered), costed by ``predictor``."""
+    wl, old = exp.workload, [int(i) for i in keep]
+    queries = tuple(replace(wl.queries[o], id=i) for i, o in enumerate(old))
+    overhead = {r.expert: r.prompt_tokens - wl.queries[r.query_id].prompt_tokens for r in wl.requests}
+    sub = Workload.build(f"{wl.name}-heldout", queries, wl.experts, tuple(wl.routes[o] for o in old), wl.aggregator,
+                         overhead)  # fmt: skip
+    names = [e.name for e in (*wl.experts, wl.aggregator)]
+    table = {(i, e): exp.responses.table[(o, e)] for i, o in enumerate(old) for e in names
+             if (o, e) in exp.responses.table}  # fmt: skip
+    responses = Responses(table)
+    cfg = exp.cfg.model_copy(update={"costs": exp.cfg.costs.model_copy(update={"predictor": predictor})})
+    costs = build_cost_model(cfg, sub, expert_means(cfg, sub), responses).bind(sub)
+    return Experiment(cfg, sub, responses, costs, exp.cluster, exp.seed_seq)
+
+
+def train_model(wl: Workload, responses: Responses, query_ids: set[int], path: Path) -> LightGBMLengthPredictor:
+    reqs = [r for r in wl.requests if r.query_id in query_ids]
+    t0 = time.perf_counter()
+    model = LightGBMLengthPredictor.fit(rows_from_workload(wl, reqs, responses))
+    model.save(path)
+    console.print(f"LightGBM trained on {len(reqs)} requests of {len(query_ids)} queries in "
+                  f"{time.perf_counter() - t0:.1f} s -> {path}")  # fmt: skip
+    return model
+
+
+def predictors(path: Path) -> list[str]:
+    return ["mean", f"lightgbm:{path}", f"lightgbm:{path}@p50", f"lightgbm:{path}@p90", "oracle"]
+
+
+def heldout_runs(cfg: RunConfig, args: Args, scheds: list[str], path: Path) -> dict:
+    """Predictor -> (experiment, {scheduler: run}) on the held-out queries."""
+    full = prepare(cfg)
+    rng = np.random.default_rng(args.seed + 1000)
+    perm = rng.permutation(len(full.workload.queries))
+    n_train = round(args.train_frac * len(perm))
+    train_model(full.workload, full.responses, set(perm[:n_train].tolist()), path)
+    keep = np.sort(perm[n_train:])
+    out: dict = {}
+    for p in predictors(path):
+        exp = sub_experiment(full, keep, p)
+        out[p] = (exp, {s: run_scheduler(exp, s) for s in scheds})
+    return out
+
+
+def cross_seed_runs(cfg_path: str, args: Args, scheds: list[str], path: Path) -> dict:
+    """Predictor -> (experiment, {scheduler: run}) through ``prepare`` with ``costs.predictor`` overridden."""
+    train = prepare(load_config(cfg_path, [f"seed={args.seed + 1}"]))
+    train_model(train.workload, train.responses, set(range(len(train.workload.queries))), path)
+    out: dict = {}
+    for p in predictors(path):
+        exp = prepare(load_config(cfg_path, [f"seed={args.seed}", f"costs.predictor={p}"]))
+        out[p] = (exp, {s: run_scheduler(exp, s) for s in scheds})
+    return out
+
+
+def report(runs: dict, scheds: list[str], title: str) -> None:
+    table = Table("scheduler", Column("cost predictor", no_wrap=True), "simulated makespan (s)", "vs mean",
+                  "end-to-end (s)", "predicted (s)", "lower bound (s)", title=title)  # fmt: skip
+    for s in scheds:
+        ref = runs["mean"][1][s].metrics.expert_makespan
+        for p, (_, by_sched) in runs.items():
+            m = by_sched[s].metrics
+            label = p.split(":")[0] + ("@" + p.rsplit("@", 1)[1] if "@" in p else "")
+            table.add_row(s, label, f"{m.expert_makespan:.1f}", f"{m.expert_makespan / ref - 1:+.1%}",
+                          f"{m.end_to_end:.1f}", f"{m.predicted_makespan:.1f}", f"{m.lower_bound:.1f}")  # fmt: skip
+        table.add_section()
+    console.print(table)
+
+
+def scatter(runs: dict, path: Path) -> None:
+    """Predicted vs true output tokens of every planned request, mean costs vs LightGBM (mean head)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    keys = [k for k in runs if k == "mean" or (k.startswith("lightgbm") and "@" not in k)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4.5), sharey=True)
+    for ax, key in zip(np.atleast_1d(axes), keys, strict=True):
+        exp = runs[key][0]
+        true = np.array([exp.responses.get(r.query_id, r.expert).output_tokens for r in exp.workload.requests])
+        pred = np.asarray(exp.costs.tokens)
+        reasoning = np.array([exp.workload.expert(r.expert).kind == "reasoning" for r in exp.workload.requests])
+        for mask, colour, label in ((~reasoning, "tab:blue", "instruct"), (reasoning, "tab:red", "reasoning")):
+            ax.scatter(pred[mask], true[mask], s=3, alpha=0.3, c=colour, label=label)
+        lim = (8, max(true.max(), pred.max()) * 1.2)
+        ax.plot(lim, lim, "k--", lw=0.8)
+        ax.set(xscale="log", yscale="log", xlim=lim, ylim=lim, xlabel="predicted output tokens",
+               title=f"{key.split(':')[0]} (MAE {np.abs(pred - true).mean():.0f})")  # fmt: skip
+        ax.legend(loc="upper left")
+    np.atleast_1d(axes)[0].set_ylabel("true output tokens")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    console.print(f"scatter -> {path}")
+
+
+def main() -> None:
+    args = parse_args()
+    scheds = scheduler_names(args.schedulers)
+    cfg = load_config(args.config, [f"seed={args.seed}"])
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    model = out / f"{cfg.name}-{args.mode}-s{args.seed}.lgbm"
+    if args.mode == "cross-seed":
+        runs = cross_seed_runs(args.config, args, scheds, model)
+    else:
+        runs = heldout_runs(cfg, args, scheds, model)
+    wl = next(iter(runs.values()))[0].workload
+    report(runs, scheds, f"{wl.name} ({len(wl.queries)} queries, {len(wl.requests)} requests, "
+                        f"{args.mode}): expert-stage makespan by cost predictor")  # fmt: skip
+    scatter(runs, out / f"{cfg.name}-{args.mode}-s{args.seed}-scatter.png")
+
+
+if __name__ == "__main__":
+    main()
