@@ -1,6 +1,7 @@
 """mosaic.agents: the Scheduler interface, its registry, the baseline schedulers and the lower bound.
 
-Importing this package registers 'sequential', 'round-robin', 'data-parallel' and 'greedy-lpt' in
+Importing this package registers 'sequential', 'round-robin', 'data-parallel', 'greedy-lpt', 'mosaic-ilp' and
+'mosaic-ilp-fixed' in
 :data:`SCHEDULERS`; build one by name with :func:`make_scheduler`.
 """
 
@@ -14,6 +15,7 @@ from mosaic.agents.bounds import (
 )
 from mosaic.agents.data_parallel import DataParallelScheduler
 from mosaic.agents.greedy_lpt import GreedyLPTScheduler, greedy_lpt_order
+from mosaic.agents.ilp_scheduler import MosaicIlpFixedScheduler, MosaicIlpScheduler
 from mosaic.agents.interface import Scheduler
 from mosaic.agents.registry import SCHEDULERS, make_scheduler
 from mosaic.agents.round_robin import RoundRobinScheduler
@@ -24,6 +26,8 @@ __all__ = [
     "BoundTerms",
     "DataParallelScheduler",
     "GreedyLPTScheduler",
+    "MosaicIlpFixedScheduler",
+    "MosaicIlpScheduler",
     "RoundRobinScheduler",
     "Scheduler",
     "SequentialScheduler",

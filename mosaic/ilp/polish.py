@@ -1,0 +1,137 @@
+"""Local search after extraction, on the cost model's own (non-linear) group costs.
+
+The model prices a group with bucket means, a representative under-filled batch and exact straggler latencies;
+the cost model prices it as ``max(sum_i a_i + d_i / min(cap_i, n), max_i (a_i + d_i))`` over the group's actual
+requests. Where the two differ (small groups of mixed lengths, mostly), moving or swapping single requests
+between workers that already serve the same expert, or relocating a whole group to another worker, lowers the
+real makespan. No move adds a replica (R_max holds), breaks memory, or (fixed mode) changes the placement.
+Deterministic; bounded by a time budget.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from mosaic.ilp.instance import IlpInstance
+
+CANDIDATES = 3  # requests tried per (expert, worker): the slowest alone and the costliest at full batch
+TOL = 1e-9
+
+
+def group_cost(inst: IlpInstance, t: int, ids: np.ndarray) -> float:
+    """Seconds of one expert's ``ids`` on GPU type ``t`` (no load), as ``CostModel.group_seconds`` prices them."""
+    if len(ids) == 0:
+        return 0.0
+    a, d, cap = inst.request_fixed[ids, t], inst.request_decode[ids, t], inst.request_cap[ids, t]
+    work = float((a + d / np.minimum(cap, len(ids))).sum())
+    return max(work, float((a + d).max()))
+
+
+class _State:
+    """Groups, their costs and the workers' busy times, updated move by move."""
+
+    def __init__(self, inst: IlpInstance, per_worker: list[dict[int, list[int]]]) -> None:
+        self.inst = inst
+        self.groups = [{e: np.asarray(ids, dtype=np.int64) for e, ids in g.items()} for g in per_worker]
+        self.cost = [{e: group_cost(inst, inst.worker_type[w], ids) for e, ids in g.items()}
+                     for w, g in enumerate(self.groups)]  # fmt: skip
+        self.busy = np.array([self._busy(w) for w in range(len(self.groups))])
+
+    def _busy(self, w: int) -> float:
+        return sum(self.inst.load[e, w] + c for e, c in self.cost[w].items())
+
+    def priced(self, w: int, e: int, ids: np.ndarray) -> float:
+        """Worker ``w``'s busy time if its group of ``e`` were ``ids``."""
+        old = self.cost[w].get(e, 0.0) + (self.inst.load[e, w] if e in self.cost[w] else 0.0)
+        new = group_cost(self.inst, self.inst.worker_type[w], ids) + (self.inst.load[e, w] if len(ids) else 0.0)
+        return float(self.busy[w] - old + new)
+
+    def set(self, w: int, e: int, ids: np.ndarray) -> None:
+        if len(ids):
+            self.groups[w][e] = ids
+            self.cost[w][e] = group_cost(self.inst, self.inst.worker_type[w], ids)
+        else:
+            self.groups[w].pop(e, None)
+            self.cost[w].pop(e, None)
+        self.busy[w] = self._busy(w)
+
+
+def _candidates(inst: IlpInstance, t: int, ids: np.ndarray, slow_first: bool) -> np.ndarray:
+    alone = inst.request_fixed[ids, t] + inst.request_decode[ids, t]
+    full = inst.request_seconds[ids, t]
+    key = -alone if slow_first else alone
+    picks = list(ids[np.lexsort((ids, key))][:CANDIDATES])
+    if slow_first:
+        picks += list(ids[np.lexsort((ids, -full))][:CANDIDATES])
+    return np.unique(np.asarray(picks, dtype=np.int64))
+
+
+def _rest(busy: np.ndarray, w: int, v: int) -> float:
+    """Largest busy time of the workers other than ``w`` and ``v``."""
+    mask = np.ones(len(busy), dtype=bool)
+    mask[[w, v]] = False
+    return float(busy[mask].max(initial=0.0))
+
+
+def _fits(s: _State, e: int, v: int) -> bool:
+    """Expert ``e`` may join worker ``v`` (memory fits; co-resident memory when that is on)."""
+    inst = s.inst
+    if not inst.allowed[e, v]:
+        return False
+    if not inst.coresident_memory:
+        return True
+    t = inst.worker_type[v]
+    return float(inst.memory_need[[*s.groups[v], e], t].sum()) <= inst.memory_cap[v] + 1e-9
+
+
+def _options(s: _State, w: int, e: int, ids: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """(other worker, new group of ``e`` on ``w``, new group on it): single moves and swaps with workers that serve
+    ``e`` already; outside fixed mode also the whole group relocated (or merged) onto any worker it fits."""
+    inst, out = s.inst, []
+    others = [v for v in range(len(s.groups)) if v != w and e in s.groups[v]]
+    keep_one = inst.fixed and len(ids) == 1
+    for r in _candidates(inst, inst.worker_type[w], ids, slow_first=True):
+        mine = ids[ids != r]
+        for v in others:
+            theirs = s.groups[v][e]
+            if not keep_one:
+                out.append((v, mine, np.append(theirs, r)))
+            for q in _candidates(inst, inst.worker_type[v], theirs, slow_first=False):
+                out.append((v, np.append(mine, q), np.append(theirs[theirs != q], r)))
+    if not inst.fixed:
+        empty = ids[:0]
+        for v in range(len(s.groups)):
+            if v != w and (e in s.groups[v] or _fits(s, e, v)):
+                out.append((v, empty, np.append(s.groups[v].get(e, empty), ids)))
+    return out
+
+
+def _best_move(s: _State, w: int) -> tuple[float, tuple] | None:
+    """Best move, swap or relocation off worker ``w`` (the critical one): (new makespan, move), or None."""
+    best = None
+    for e, ids in sorted(s.groups[w].items()):
+        for v, new_mine, new_theirs in _options(s, w, e, ids):
+            span = max(s.priced(w, e, new_mine), s.priced(v, e, new_theirs), _rest(s.busy, w, v))
+            if span < s.busy[w] - TOL * max(s.busy[w], 1.0) and (best is None or span < best[0] - TOL):
+                best = (span, (e, v, new_mine, new_theirs))
+    return best
+
+
+def polish(inst: IlpInstance, per_worker: list[dict[int, list[int]]], budget_s: float) -> tuple[list, int, float]:
+    """(improved worker -> expert -> request ids, moves applied, seconds of makespan saved)."""
+    s = _State(inst, per_worker)
+    start, moves = float(s.busy.max(initial=0.0)), 0
+    deadline = time.perf_counter() + budget_s
+    while time.perf_counter() < deadline and len(s.busy) > 1:
+        w = int(np.argmax(s.busy))
+        found = _best_move(s, w)
+        if found is None:
+            break
+        e, v, new_mine, new_theirs = found[1]
+        s.set(w, e, new_mine)
+        s.set(v, e, new_theirs)
+        moves += 1
+    out = [{e: ids.tolist() for e, ids in g.items()} for g in s.groups]
+    return out, moves, start - float(s.busy.max(initial=0.0))
