@@ -83,12 +83,18 @@ def bound_terms(
     reqs = workload.requests
     cheapest = np.min(np.stack([min_seconds_array(costs, reqs, g) for g in types]), axis=0)
     loads = sum(min(per_type.values()) for per_type in offsets.values())
+    work = float(cheapest.sum())
+    group_floor = getattr(costs, "min_group_seconds", None)
     chain = 0.0
+    kv_work = 0.0
     for expert, ids in groups.items():
         group = [reqs[i] for i in ids]
         alone = np.stack([offsets[expert][g] + latency_array(costs, group, g) for g in types])
         chain = max(chain, float(alone.min(axis=0).max()))
-    return BoundTerms(float(loads + cheapest.sum()) / n_workers, chain)
+        if group_floor is not None and len(types) == 1:  # KV-cache-aware floor (one GPU type: no split to price)
+            kv_work += group_floor(group, types[0])
+    work = max(work, kv_work)
+    return BoundTerms(float(loads + work) / n_workers, chain)
 
 
 def lower_bound(
@@ -97,7 +103,9 @@ def lower_bound(
     """Seconds no plan of this stage can beat (0 for a workload without requests): the larger of
 
     - work: (sum over experts with requests of its cheapest load, 0 if resident on some worker, plus the
-      sum over requests of its cheapest cost, ``min_request_seconds``) / number of workers;
+      sum over requests of its cheapest cost, ``min_request_seconds``, or, with one GPU type and a cost model
+      that has it, the larger sum of ``min_group_seconds`` per expert, which also counts that a decode step's KV
+      reservations fit the cache) / number of workers;
     - chain: max over requests of min over workers of (its expert's load unless resident there, plus
       its ``request_latency``).
 

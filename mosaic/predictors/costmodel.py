@@ -43,6 +43,7 @@ class _GpuArrays(NamedTuple):
     decode_base: np.ndarray  # o * step_base_s: weight reads, shared by the batch
     max_batch: np.ndarray  # engine's max batch (int)
     kv_batch: np.ndarray  # largest batch of such requests whose reservations fit the KV cache (int, >= 1)
+    kv_share: np.ndarray  # min(prompt + output, kv capacity) / kv capacity: share of the cache it reserves
 
 
 class _Bound(NamedTuple):
@@ -187,6 +188,19 @@ class ProfiledCostModel(CostModel):
         a = self._arrays(gpu_type)
         return self._checked(a.fixed[idx] + a.decode_base[idx] / a.max_batch[idx], idx, gpu_type)
 
+    def min_group_seconds(self, requests: Sequence[Request], gpu_type: str) -> float:
+        """The least worker-seconds any schedule needs for ``requests`` (one expert) on ``gpu_type``, over all
+        workers together: batch-independent terms plus the shared decode steps, which are at least
+        ``sum(o) / max_batch`` and at least ``sum(o * share)`` (a step's reservations never exceed the KV cache;
+        ``share`` = the request's reservation over the capacity, capped at 1 for requests that run alone)."""
+        if len(requests) == 0:
+            return 0.0
+        idx = self._indices(requests)
+        a = self._arrays(gpu_type)
+        shared = a.decode_base[idx]
+        steps = max(float((shared / a.max_batch[idx]).sum()), float((shared * a.kv_share[idx]).sum()))
+        return float(self._checked(a.fixed[idx], idx, gpu_type).sum()) + steps
+
     def group_seconds(self, requests: Sequence[Request], gpu_type: str) -> float:
         """Amortised work of ``requests`` at the batch they can fill (``min(len, max_batch)``, and the KV cap),
         never below the slowest request alone."""
@@ -244,5 +258,7 @@ def _gpu_arrays(b: _Bound, profile: CostProfile, gpu_type: str) -> _GpuArrays:
 
     fixed = b.prompt / col("prefill_tps") + b.tokens * col("step_per_seq_s") + col("step_per_kv_token_s") * b.kv_steps
     footprint = np.maximum(b.prompt + b.tokens, 1.0)
-    kv_batch = np.maximum(np.floor(col("kv_capacity_tokens") / footprint), 1.0).astype(np.int64)
-    return _GpuArrays(fixed, b.tokens * col("step_base_s"), col("max_batch", np.int64), kv_batch)
+    capacity = col("kv_capacity_tokens")
+    kv_batch = np.maximum(np.floor(capacity / footprint), 1.0).astype(np.int64)
+    kv_share = np.minimum(footprint, capacity) / capacity
+    return _GpuArrays(fixed, b.tokens * col("step_base_s"), col("max_batch", np.int64), kv_batch, kv_share)

@@ -112,3 +112,17 @@ def test_scheduler_runs_do_not_depend_on_what_ran_before():
     after = run_scheduler(exp, "greedy-lpt").records
     alone = run_scheduler(prepare(cfg), "greedy-lpt").records
     assert after == alone
+
+
+@pytest.mark.parametrize("name", ["greedy-lpt", "data-parallel", "mosaic-ilp"])
+def test_kv_aware_bound_is_tighter_and_still_valid(name):
+    """On a paper workload the KV cache caps reasoning batches: the bound's work term counts that (raising it above
+    the sum of per-request minima) and stays below every simulated makespan when predictions are the truth."""
+    from mosaic.agents.bounds import min_seconds_array
+
+    exp = prepare(_cfg("medmcqa", 4183, 4, 3, 0, predictor="oracle"))
+    gpu = exp.cluster.workers[0].gpu_type
+    per_request = float(min_seconds_array(exp.costs, exp.workload.requests, gpu).sum()) / len(exp.cluster)
+    run = run_scheduler(exp, name)
+    assert run.metrics.stats["lb_work_s"] > 1.1 * per_request
+    assert run.metrics.expert_makespan >= run.metrics.lower_bound
