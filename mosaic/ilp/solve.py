@@ -10,10 +10,13 @@ largest tie-break term any plan can have, so they stay valid lower bounds on the
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
+import sys
 import time
 import warnings
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 
 import highspy
@@ -72,6 +75,20 @@ class SolveResult:
         return max(0.0, (self.makespan - best) / self.makespan)
 
 
+@contextlib.contextmanager
+def _silenced_stdout() -> Iterator[None]:
+    """Send file descriptor 1 to /dev/null for the block (output written by C code, not through sys.stdout)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 class _WarmHiGHS(pulp.HiGHS):
     """PuLP's HiGHS API plus a MIP start (``Highs.setSolution``) and the solver's own figures after the run."""
 
@@ -79,6 +96,13 @@ class _WarmHiGHS(pulp.HiGHS):
         super().__init__(**kwargs)
         self.start = start
         self.figures: dict[str, float] = {}
+
+    def createAndConfigureSolver(self, lp: pulp.LpProblem) -> None:
+        if self.msg:
+            super().createAndConfigureSolver(lp)
+            return
+        with _silenced_stdout():  # highspy.Highs() prints its banner from C before output_flag can be unset
+            super().createAndConfigureSolver(lp)
 
     def callSolver(self, lp: pulp.LpProblem) -> None:
         model = lp.solverModel

@@ -59,7 +59,7 @@ class SimRequest(NamedTuple):
 def steps_to_reach(gap: float, c0: float, h: float) -> int:
     """Smallest ``n >= 1`` with ``n * c0 + h * n (n - 1) / 2 >= gap`` (``gap > 0``, ``c0, h >= 0``)."""
     if h <= 0.0:
-        if c0 <= 0.0:
+        if c0 <= 0.0 or gap / c0 >= _NEVER:  # free (or denormal-cheap) steps never reach the gap
             return _NEVER
         n = max(1, math.ceil(gap / c0))
     else:
@@ -202,6 +202,10 @@ class WorkerSim:
     def advance_to(self, t: float) -> int:
         """Apply every event that ends at or before ``t``; returns how many."""
         return self._run(t, _NEVER)
+
+    def advance(self, limit: float, max_events: int) -> int:
+        """Apply events that end at or before ``limit``, at most ``max_events``; returns how many."""
+        return self._run(limit, max_events)
 
     def run_until_idle(self) -> float:
         """Run everything queued; returns when the last request finished."""
