@@ -14,7 +14,7 @@ from mosaic.core.config import RunConfig, load_config
 from mosaic.core.errors import MosaicError
 
 # Modules that add their own subcommands through ``register_cli(subparsers)``.
-EXTENSIONS = ("mosaic.predictors.commands", "mosaic.runtime.engine_commands")
+EXTENSIONS = ("mosaic.predictors.commands", "mosaic.runtime.engine_commands", "mosaic.envs.commands")
 
 console = Console()
 

@@ -1,7 +1,7 @@
 """mosaic.agents: the Scheduler interface, its registry, the baseline schedulers and the lower bound.
 
 Importing this package registers 'sequential', 'round-robin', 'data-parallel', 'greedy-lpt', 'mosaic-ilp' and
-'mosaic-ilp-fixed' in
+'mosaic-ilp-fixed', 'rl-reschedule' in
 :data:`SCHEDULERS`; build one by name with :func:`make_scheduler`.
 """
 
@@ -18,6 +18,7 @@ from mosaic.agents.greedy_lpt import GreedyLPTScheduler, greedy_lpt_order
 from mosaic.agents.ilp_scheduler import MosaicIlpFixedScheduler, MosaicIlpScheduler
 from mosaic.agents.interface import Scheduler
 from mosaic.agents.registry import SCHEDULERS, make_scheduler
+from mosaic.agents.rl import RLRescheduleScheduler, load_agent, rl_threshold_policy  # torch/SB3 imported lazily
 from mosaic.agents.round_robin import RoundRobinScheduler
 from mosaic.agents.sequential import SequentialScheduler
 
@@ -28,14 +29,17 @@ __all__ = [
     "GreedyLPTScheduler",
     "MosaicIlpFixedScheduler",
     "MosaicIlpScheduler",
+    "RLRescheduleScheduler",
     "RoundRobinScheduler",
     "Scheduler",
     "SequentialScheduler",
     "bound_terms",
     "greedy_lpt_order",
+    "load_agent",
     "lower_bound",
     "make_scheduler",
     "order_worker_times",
     "plan_with_estimates",
     "predicted_worker_times",
+    "rl_threshold_policy",
 ]

@@ -1,0 +1,407 @@
+"""Run-time dispatch over simulated workers: the state machine behind ``mosaic/Reschedule-v0`` (no gymnasium here).
+
+A :class:`Dispatcher` drives one :class:`~mosaic.runtime.sim_worker.WorkerSim` per GPU in lockstep (always the
+earliest event next) and stops at *decision points*: a worker whose queue has run dry while work is left that it
+could take (unassigned requests in the pool, or requests queued on another worker). Every second comes from the
+simulator; the dispatcher only moves requests between the pool and the workers' queues.
+
+Actions at a decision point of worker ``w`` (slot ``e`` is the e-th expert of the workload):
+
+- ``e < n_slots``: serve expert ``e``: take a quantum of its pooled requests (longest predicted first); with none
+  pooled, steal the tail half of its queued work from the worker holding the most of it (replication).
+- ``STEAL`` (``n_slots``): steal from the most loaded worker: the tail half of its queued work of its last expert.
+- ``WAIT`` (``n_slots + 1``): take nothing; ask again when ``w`` has gone idle (or, if idle, when another has).
+
+Requests at the head of a queue whose load is under way (batch drained, head expert not resident) are never
+stolen: the load has started, and a steal must not change the past.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from mosaic.agents.bounds import lower_bound
+from mosaic.core.errors import ConfigError, PlanError
+from mosaic.core.trace import EXPERT_STAGE, TraceWriter
+from mosaic.core.types import Cluster, Plan, Responses, Workload
+from mosaic.predictors.interface import CostModel
+from mosaic.runtime.sim import SimBackend
+from mosaic.runtime.sim_worker import WorkerSim
+
+INF = float("inf")
+DEFAULT_BUCKETS = (512.0, 2048.0)  # predicted output tokens: edges of the short / medium / long buckets
+_ACTIVE, _WAIT_IDLE, _WAIT_OTHER = 0, 1, 2
+_MANY = 1 << 62  # "no limit" on the number of events
+
+
+@dataclass(frozen=True, slots=True)
+class Instance:
+    """One scheduling problem: what runs (workload), its truth (responses) and what the agent is told (costs)."""
+
+    workload: Workload
+    responses: Responses  # true output lengths the simulator replays; never shown to the agent
+    costs: CostModel  # bound to ``workload``: the predictions the agent and the schedulers see
+    cluster: Cluster
+    max_batch: int | None = None  # runtime cap on every engine's batch (None: the profile's)
+    resident: Mapping[int, str | None] = field(default_factory=dict)  # worker id -> expert loaded at the start
+    name: str = ""
+
+    def __repr__(self) -> str:
+        wl = self.workload
+        return (f"Instance({self.name or wl.name!r}: {len(wl.queries)} queries, {len(wl.requests)} requests, "
+                f"{len(self.cluster)} workers)")  # fmt: skip
+
+
+class SharedTuple(tuple):
+    """An immutable tuple that copies as itself, so it can travel in ``gymnasium.make`` kwargs (the registry
+    deep-copies them; workloads and plans hold mapping proxies, which do not copy) and be shared by env copies."""
+
+    def __copy__(self) -> SharedTuple:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> SharedTuple:
+        return self
+
+
+class InstanceSet(SharedTuple):
+    """A :class:`SharedTuple` of :class:`Instance` s."""
+
+    def __new__(cls, instances: Sequence[Instance] = ()) -> InstanceSet:
+        items = tuple(instances)
+        bad = [type(i).__name__ for i in items if not isinstance(i, Instance)]
+        if bad:
+            raise ConfigError(f"InstanceSet holds Instance objects only, got {bad[:3]}")
+        return super().__new__(cls, items)
+
+
+class PlanSet(SharedTuple):
+    """A :class:`SharedTuple` of start plans, one per instance of an env (computed once, shared by env copies)."""
+
+    def __new__(cls, plans: Sequence[Plan] = ()) -> PlanSet:
+        items = tuple(plans)
+        bad = [type(p).__name__ for p in items if not isinstance(p, Plan)]
+        if bad:
+            raise ConfigError(f"PlanSet holds Plan objects only, got {bad[:3]}")
+        return super().__new__(cls, items)
+
+
+class Prepared:
+    """Per-instance arrays computed once and shared by every episode on the instance (read-only by convention)."""
+
+    def __init__(self, inst: Instance, n_slots: int, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
+        wl = inst.workload
+        if len(wl.experts) > n_slots:
+            raise ConfigError(f"workload {wl.name!r} has {len(wl.experts)} experts; the env has {n_slots} expert slots")
+        if not inst.cluster.workers:
+            raise PlanError("reschedule env: the cluster has no workers")
+        self.inst = inst
+        self.experts = tuple(e.name for e in wl.experts)
+        self.slot = {e: i for i, e in enumerate(self.experts)}  # expert name -> slot
+        gpu = inst.cluster.workers[0].gpu_type  # observations use the first worker's GPU type
+        reqs = wl.requests
+        self.pred_s = np.asarray(inst.costs.seconds_array(reqs, gpu), dtype=float)  # request -> predicted seconds
+        tokens = np.fromiter((inst.costs.predicted_tokens(r) for r in reqs), dtype=float, count=len(reqs))
+        self.bucket = np.searchsorted(np.asarray(buckets, dtype=float), tokens, side="right")  # request -> bucket
+        self.n_buckets = len(buckets) + 1
+        self.expert_of = np.fromiter((self.slot[r.expert] for r in reqs), dtype=np.int64, count=len(reqs))
+        self.expert_list: list[int] = self.expert_of.tolist()  # the same as lists (fast scalar access)
+        self.pred_list: list[float] = self.pred_s.tolist()
+        self.load_s = np.zeros(n_slots)
+        for e, i in self.slot.items():
+            self.load_s[i] = inst.costs.load_seconds(e, gpu)
+        self.ref = max(lower_bound(wl, inst.costs, inst.cluster, inst.resident), 1e-9)  # seconds, normaliser
+        self.backend = SimBackend(inst.responses, inst.costs, inst.max_batch)
+        self.sim_requests = self.backend.sim_requests(wl, tuple(range(len(reqs))))
+        by_pred = np.argsort(-self.pred_s, kind="stable")
+        self.pool_order = [by_pred[self.expert_of[by_pred] == i].tolist() for i in range(n_slots)]
+        self.max_batch = np.array([self.backend.model_cost(e, gpu).max_batch for e in self.experts] or [1])
+        self.plans: dict[str, Plan] = {}  # scheduler name -> its plan of this instance (cache)
+        self.static_makespans: dict[str, float] = {}  # scheduler name -> simulated makespan of its plan (cache)
+
+    def simulate(self, plan: Plan) -> float:
+        """Simulated makespan of ``plan`` run as is (true lengths, the instance's resident experts)."""
+        inst = self.inst
+        with TraceWriter(None) as trace:
+            stage = self.backend.run_stage(EXPERT_STAGE, plan, inst.workload, inst.cluster, trace, 0.0, inst.resident)
+        return stage.makespan
+
+
+def _noop(_record: object) -> None:
+    return None
+
+
+def bulk_advance(sim: WorkerSim) -> Callable[[float, int], int]:
+    """``f(limit, max_events)``: apply at most ``max_events`` events of ``sim`` that end at or before ``limit``
+    (one simulator call): ``WorkerSim.advance`` when the runtime exposes it, else its event loop itself."""
+    bulk = getattr(sim, "advance", None)
+    return bulk if bulk is not None else sim._run  # the loop behind step() / advance_to()
+
+
+class Dispatcher:
+    """One episode: workers, the pool of unassigned requests, and the decision loop (see the module docstring)."""
+
+    def __init__(self, prep: Prepared, n_slots: int, quantum_frac: float = 0.25, plan: Plan | None = None) -> None:
+        if not quantum_frac > 0:
+            raise ConfigError(f"reschedule env: quantum_frac must be > 0, got {quantum_frac}")
+        self.p = prep
+        self.n_slots = n_slots
+        self.steal_action, self.wait_action = n_slots, n_slots + 1
+        self.quantum = quantum_frac * prep.ref
+        inst = prep.inst
+        self.ids = list(inst.cluster.ids)
+        self.sims = [prep.backend.make_worker(w, "expert", 0.0, inst.resident.get(w.id), _noop)
+                     for w in inst.cluster.workers]  # fmt: skip
+        n_w = len(self.sims)
+        self._bulk = [bulk_advance(sim) for sim in self.sims]  # worker -> f(limit, max_events)
+        self.track: list[deque[int]] = [deque() for _ in range(n_w)]  # mirror of each worker's queue (request ids)
+        self.executed: list[list[int]] = [[] for _ in range(n_w)]  # worker -> request ids admitted, in order
+        self.queued_work = np.zeros((n_w, n_slots))  # worker x expert -> predicted seconds queued
+        self.queued_count = np.zeros((n_w, n_slots), dtype=np.int64)  # worker x expert -> requests queued
+        self.admitted_pred = np.zeros(n_w)  # worker -> predicted seconds of every request admitted so far
+        self.pool = [list(reversed(ids)) for ids in prep.pool_order]  # expert -> ids, longest predicted last
+        self.pool_work = np.zeros((n_slots, prep.n_buckets))  # expert x bucket -> predicted seconds pooled
+        self.mode = [_ACTIVE] * n_w
+        self.next_t = [INF] * n_w
+        self.now = 0.0
+        self.deciding: int | None = None
+        self._mask: np.ndarray | None = None  # valid actions of the pending decision (cache)
+        self._steal_cache: np.ndarray | None = None  # stealable work seen by the deciding worker (cache)
+        self.steals = self.waits = self.takes = 0
+        if plan is not None:
+            self._start_from(plan)
+        else:
+            np.add.at(self.pool_work, (prep.expert_of, prep.bucket), prep.pred_s)
+        self.pool_count = np.array([len(q) for q in self.pool], dtype=np.int64)  # expert -> requests pooled
+        self.pool_total = int(self.pool_count.sum())
+        for i in range(n_w):
+            self.next_t[i] = self.sims[i].next_event_time()
+        self._ask = set(range(n_w))
+
+    # --- setup -------------------------------------------------------------------------------------------------
+
+    def _start_from(self, plan: Plan) -> None:
+        """Queue every worker's planned order (the pool starts empty)."""
+        index = {w: i for i, w in enumerate(self.ids)}
+        unknown = sorted(set(plan.order) - set(index))
+        if unknown:
+            raise PlanError(f"plan {plan.scheduler!r} uses workers {unknown} that are not in the cluster")
+        planned = sum(len(r) for r in plan.order.values())
+        if planned != len(self.p.sim_requests):
+            raise PlanError(f"plan {plan.scheduler!r} runs {planned} of {len(self.p.sim_requests)} requests")
+        self.pool = [[] for _ in range(self.n_slots)]
+        for w, reqs in plan.order.items():
+            self._enqueue(index[w], list(reqs), None)
+
+    # --- queries -----------------------------------------------------------------------------------------------
+
+    @property
+    def n_workers(self) -> int:
+        return len(self.sims)
+
+    def stealable(self) -> np.ndarray:
+        """Worker x expert -> predicted seconds another worker may steal (a head run whose load started excluded)."""
+        out = np.where(self.queued_count > 0, np.maximum(self.queued_work, 1e-12), 0.0)
+        p = self.p
+        for i, sim in enumerate(self.sims):
+            tr = self.track[i]
+            if tr and not sim.batch_size and p.experts[p.expert_of[tr[0]]] != sim.resident:
+                out[i, p.expert_of[tr[0]]] = 0.0  # its load is under way
+        return out
+
+    def remaining(self) -> np.ndarray:
+        """Worker -> predicted seconds left: queued work + admitted work not yet covered by busy time."""
+        busy = np.array([s.busy_s for s in self.sims])
+        return self.queued_work.sum(axis=1) + np.maximum(self.admitted_pred - busy, 0.0)
+
+    def valid_actions(self, w: int) -> np.ndarray:
+        """Boolean mask over the ``n_slots + 2`` actions for worker ``w`` (a new array)."""
+        if self._mask is not None and w == self.deciding:
+            return self._mask.copy()
+        steal = self.stealable()
+        steal[w] = 0.0
+        mask = np.zeros(self.n_slots + 2, dtype=bool)
+        by_expert = steal.sum(axis=0)
+        mask[: self.n_slots] = (self.pool_count > 0) | (by_expert > 0)
+        mask[self.steal_action] = by_expert.sum() > 0
+        sims = self.sims
+        mask[self.wait_action] = not sims[w].is_idle or any(not s.is_idle for i, s in enumerate(sims) if i != w)
+        if w == self.deciding:
+            self._mask, self._steal_cache = mask, steal
+        return mask.copy()
+
+    def makespan(self) -> float:
+        return max((s.last_end for s in self.sims), default=0.0)
+
+    def order(self) -> dict[int, list[int]]:
+        """Worker id -> request ids in the order they ran (the episode's schedule, once finished)."""
+        return {w: list(self.executed[i]) for i, w in enumerate(self.ids)}
+
+    # --- actions -----------------------------------------------------------------------------------------------
+
+    def apply(self, action: int) -> None:
+        """Apply ``action`` (assumed valid) for the deciding worker."""
+        w = self.deciding
+        if w is None:
+            raise PlanError("reschedule env: no decision is pending")
+        steal = self._steal_cache
+        if steal is None:
+            self.valid_actions(w)
+            steal = self._steal_cache
+        self.deciding, self._mask, self._steal_cache = None, None, None
+        if action == self.wait_action:
+            self.waits += 1
+            self.mode[w] = _WAIT_OTHER if self.sims[w].is_idle else _WAIT_IDLE
+            return
+        self.mode[w] = _ACTIVE
+        if action < self.n_slots and self.pool[action]:
+            self.takes += 1
+            self._enqueue(w, self._take_pool(action), self.now)
+            return
+        if action < self.n_slots:
+            victim, expert = int(steal[:, action].argmax()), action
+        else:
+            loaded = np.where(steal.sum(axis=1) > 0, self.remaining(), -1.0)
+            victim = int(loaded.argmax())
+            expert = self._tail_expert(victim, steal[victim])
+        self.steals += 1
+        self._enqueue(w, self._steal(victim, expert, steal[victim, expert]), self.now)
+
+    def _take_pool(self, e: int) -> list[int]:
+        """Pop the longest pooled requests of expert ``e`` until their predicted seconds reach the quantum."""
+        ids, got = self.pool[e], []
+        work = 0.0
+        p = self.p
+        while ids and (not got or work < self.quantum):
+            r = ids.pop()
+            got.append(r)
+            work += p.pred_s[r]
+            self.pool_work[e, p.bucket[r]] -= p.pred_s[r]
+        if not ids:
+            self.pool_work[e] = 0.0  # no float residue once the expert's pool is empty
+        self.pool_total -= len(got)
+        self.pool_count[e] -= len(got)
+        return got
+
+    def _tail_expert(self, victim: int, stealable: np.ndarray) -> int:
+        """The expert of the last stealable request queued on ``victim``."""
+        for r in reversed(self.track[victim]):
+            e = int(self.p.expert_of[r])
+            if stealable[e] > 0:
+                return e
+        raise PlanError(f"reschedule env: worker {victim} has nothing to steal")
+
+    def _steal(self, victim: int, e: int, available: float) -> list[int]:
+        """Remove the tail requests of expert ``e`` (about half of ``available`` seconds) from ``victim``'s queue."""
+        p, tr = self.p, self.track[victim]
+        got, work = [], 0.0
+        for r in reversed(tr):
+            if p.expert_of[r] != e:
+                continue
+            if got and work >= available / 2:
+                break
+            got.append(r)
+            work += p.pred_s[r]
+        taken = set(got)
+        self.sims[victim].remove_pending(taken)
+        self.track[victim] = deque(r for r in tr if r not in taken)
+        self.queued_count[victim, e] -= len(got)
+        left = self.queued_work[victim, e] - work
+        self.queued_work[victim, e] = max(left, 0.0) if self.queued_count[victim, e] else 0.0
+        self.next_t[victim] = self.sims[victim].next_event_time()
+        got.reverse()  # keep the victim's order (longest first within a planned run)
+        return got
+
+    def _enqueue(self, w: int, ids: list[int], now: float | None) -> None:
+        reqs = self.p.sim_requests
+        self.sims[w].enqueue([reqs[r] for r in ids], now)
+        self.track[w].extend(ids)
+        np.add.at(self.queued_work[w], self.p.expert_of[ids], self.p.pred_s[ids])
+        np.add.at(self.queued_count[w], self.p.expert_of[ids], 1)
+        self._sync(w)
+
+    # --- the event loop ----------------------------------------------------------------------------------------
+
+    def _sync(self, i: int) -> None:
+        """Mirror admissions of worker ``i`` (its queue shrank from the front) and refresh its next event time."""
+        sim, tr = self.sims[i], self.track[i]
+        n_queued = sim.queued
+        if len(tr) > n_queued:
+            p, work, count = self.p, self.queued_work[i], self.queued_count[i]
+            expert_of, pred_s = p.expert_list, p.pred_list
+            admitted = [tr.popleft() for _ in range(len(tr) - n_queued)]
+            total = 0.0
+            for r in admitted:
+                e, s = expert_of[r], pred_s[r]
+                total += s
+                count[e] -= 1
+                work[e] = max(work[e] - s, 0.0) if count[e] else 0.0
+            self.admitted_pred[i] += total
+            self.executed[i].extend(admitted)
+        self.next_t[i] = sim.next_event_time()
+
+    def _wants_decision(self, i: int) -> bool:
+        if self.track[i] or self.mode[i] != _ACTIVE:
+            return False
+        return self.pool_total > 0 or any(self.track[j] for j in range(len(self.sims)) if j != i)
+
+    def advance(self) -> bool:
+        """Run the workers to the next decision point with at least two valid actions (actions with a single
+        valid choice are applied on the way). Returns False when every request has finished."""
+        while True:
+            for i in sorted(self._ask):
+                self._ask.discard(i)
+                if not self._wants_decision(i):
+                    continue
+                self.deciding = i
+                mask = self.valid_actions(i)
+                n_valid = int(mask.sum())
+                if n_valid >= 2:
+                    return True
+                if n_valid == 1:
+                    self.apply(int(mask.argmax()))
+                self.deciding, self._mask, self._steal_cache = None, None, None
+            if self.pool_total == 0 and not any(self.track):
+                return self._drain()
+            t = min(self.next_t)
+            if t == INF:
+                raise PlanError("reschedule env: work is left but no worker can run it")  # a dispatcher bug
+            i = self.next_t.index(t)
+            self._event(i)
+
+    def _event(self, i: int) -> None:
+        """Apply the next event of worker ``i`` (the earliest of all workers), or a run of its events that cannot
+        create a decision point: while two or more requests stay queued (its queue cannot run dry) or none is
+        queued (only going idle matters, and it stops there), up to the next event of any other worker."""
+        sim = self.sims[i]
+        was_idle = sim.is_idle
+        queued = len(self.track[i])
+        if queued == 1:
+            sim.step()
+        else:
+            nt = self.next_t
+            others = min(nt[:i] + nt[i + 1 :], default=INF)
+            self._bulk[i](max(others, nt[i]), queued - 1 if queued else _MANY)
+        self.now = max(self.now, sim.clock)
+        self._sync(i)
+        if not self.track[i]:
+            self._ask.add(i)
+        if sim.is_idle and not was_idle:
+            if self.mode[i] == _WAIT_IDLE:
+                self.mode[i] = _ACTIVE
+            for j, m in enumerate(self.mode):
+                if j != i and m == _WAIT_OTHER:
+                    self.mode[j] = _ACTIVE
+                    self._ask.add(j)
+
+    def _drain(self) -> bool:
+        """Nothing is left to decide: run every worker to the end."""
+        for i, sim in enumerate(self.sims):
+            sim.run_until_idle()
+            self._sync(i)
+        self.now = max(self.now, self.makespan())
+        self.deciding, self._mask, self._steal_cache = None, None, None
+        return False

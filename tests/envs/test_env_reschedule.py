@@ -1,0 +1,152 @@
+"""``mosaic/Reschedule-v0``: determinism, masks, observation box, reward normalisation, simulator equivalence."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mosaic.core.errors import ConfigError
+from mosaic.core.trace import EXPERT_STAGE, TraceWriter
+from mosaic.core.types import plan_from_order
+from mosaic.envs.policies import heuristic, random_policy, rollout
+from mosaic.envs.reschedule import RescheduleEnv, plan_instance
+from mosaic.runtime.sim import SimBackend
+
+
+def _trajectory(env: RescheduleEnv, seed: int, steps: int = 200) -> list[tuple]:
+    rng = np.random.default_rng(seed)
+    obs, info = env.reset(seed=seed)
+    out = [(obs.tobytes(), info["instance"])]
+    for _ in range(steps):
+        action = int(rng.choice(np.flatnonzero(env.action_masks())))
+        obs, reward, term, trunc, info = env.step(action)
+        out.append((obs.tobytes(), action, reward, term, info["makespan"]))
+        if term or trunc:
+            obs, info = env.reset()
+            out.append((obs.tobytes(), info["instance"]))
+    return out
+
+
+@pytest.mark.parametrize("start", ["empty", "plan"])
+def test_same_seed_same_rollout(start: str, small_instances) -> None:
+    make = lambda: RescheduleEnv(small_instances, start=start, plan_scheduler="greedy-lpt")  # noqa: E731
+    a, b = _trajectory(make(), 7), _trajectory(make(), 7)
+    assert a == b
+    assert a != _trajectory(make(), 8)
+
+
+def test_observations_in_space_and_masks_valid(small_instances) -> None:
+    env = RescheduleEnv(small_instances)
+    policy = random_policy(np.random.default_rng(0))
+    for i in range(len(small_instances)):
+        obs, _ = env.reset(seed=i, options={"instance": i})
+        done = False
+        while not done:
+            assert env.observation_space.contains(obs)
+            mask = env.action_masks()
+            assert mask.dtype == bool and mask.shape == (env.action_space.n,) and mask.any()
+            assert not mask[len(small_instances[i].workload.experts) : env.n_slots].any()  # unused expert slots
+            obs, _, done, trunc, info = env.step(policy(obs, mask))
+            assert not info["invalid_action"] and not trunc
+        assert env.observation_space.contains(obs)
+
+
+def test_invalid_action_is_replaced_and_flagged(small_instances) -> None:
+    env = RescheduleEnv(small_instances)
+    env.reset(seed=0, options={"instance": 0})
+    mask = env.action_masks()
+    invalid = int(np.flatnonzero(~mask)[0])
+    _, _, _, _, info = env.step(invalid)
+    assert info["invalid_action"] is True
+    _, _, _, _, info = env.step(10_000)
+    assert info["invalid_action"] is True
+
+
+@pytest.mark.parametrize("start", ["empty", "plan"])
+def test_return_is_minus_makespan_over_lower_bound(start: str, small_instances) -> None:
+    env = RescheduleEnv(small_instances, start=start, plan_scheduler="greedy-lpt")
+    for i in range(len(small_instances)):
+        ep = rollout(env, random_policy(np.random.default_rng(i)), {"instance": i})
+        assert ep.ret == pytest.approx(-ep.makespan / ep.lower_bound, rel=1e-9)
+        assert ep.lower_bound == pytest.approx(env.prepared(i).ref)
+        assert ep.makespan > 0 and not ep.truncated
+
+
+def test_every_request_runs_exactly_once(small_instances) -> None:
+    env = RescheduleEnv(small_instances)
+    for i, inst in enumerate(small_instances):
+        ep = rollout(env, random_policy(np.random.default_rng(i)), {"instance": i})
+        ran = sorted(r for reqs in ep.order.values() for r in reqs)
+        assert ran == list(range(len(inst.workload.requests)))
+
+
+@pytest.mark.parametrize("scheduler", ["round-robin", "greedy-lpt", "data-parallel"])
+@pytest.mark.parametrize("which", ["small_instances", "noisy_instances"])
+def test_static_plan_through_env_equals_simulator(scheduler: str, which: str, request) -> None:
+    """A plan driven through the env (the agent always waits) ends exactly when the simulator says it does."""
+    instances = request.getfixturevalue(which)
+    env = RescheduleEnv(instances, start="plan", plan_scheduler=scheduler)
+    for i, inst in enumerate(instances):
+        ep = rollout(env, heuristic("wait", env), {"instance": i})
+        plan = plan_instance(inst, scheduler)
+        with TraceWriter(None) as trace:
+            stage = SimBackend(inst.responses, inst.costs, inst.max_batch).run_stage(
+                EXPERT_STAGE, plan, inst.workload, inst.cluster, trace
+            )
+        assert ep.makespan == pytest.approx(stage.makespan, rel=1e-12)
+        assert {w: tuple(r) for w, r in ep.order.items()} == {w: tuple(r) for w, r in plan.order.items()}
+
+
+def test_dispatched_order_replayed_by_simulator_is_never_later(small_instances) -> None:
+    """The order an agent dispatched, replayed as a static plan (work known from the start), cannot end later:
+    the env only adds the constraint that work taken at time t starts no earlier than t."""
+    env = RescheduleEnv(small_instances)
+    for i, inst in enumerate(small_instances):
+        ep = rollout(env, heuristic("greedy", env), {"instance": i})
+        plan = plan_from_order("replay", inst.workload, ep.order, 0.0, 0.0)
+        plan.validate(inst.workload, inst.cluster)
+        with TraceWriter(None) as trace:
+            stage = SimBackend(inst.responses, inst.costs, inst.max_batch).run_stage(
+                EXPERT_STAGE, plan, inst.workload, inst.cluster, trace
+            )
+        assert stage.makespan <= ep.makespan + 1e-6
+
+
+def test_greedy_stealing_never_worse_than_a_bad_plan(small_instances) -> None:
+    """Stealing from round-robin's one-expert-per-worker plan can only shorten it on these instances."""
+    env = RescheduleEnv(small_instances, start="plan", plan_scheduler="round-robin")
+    for i in range(len(small_instances)):
+        static = rollout(env, heuristic("wait", env), {"instance": i}).makespan
+        stolen = rollout(env, heuristic("greedy", env), {"instance": i})
+        assert stolen.makespan <= static + 1e-6
+        assert stolen.info["steals"] >= 1
+
+
+def test_cycle_order_and_bad_arguments(small_instances) -> None:
+    env = RescheduleEnv(small_instances, instance_order="cycle")
+    assert [env.reset()[1]["instance"] for _ in range(4)] == [0, 1, 2, 0]
+    with pytest.raises(ConfigError, match="start"):
+        RescheduleEnv(small_instances, start="later")
+    with pytest.raises(ConfigError, match="instance"):
+        env.reset(options={"instance": 9})
+    with pytest.raises(ConfigError, match="reset"):
+        RescheduleEnv(small_instances).step(0)
+    shown = RescheduleEnv(small_instances, render_mode="ansi")
+    shown.reset(seed=0)
+    assert "worker 0" in shown.render()
+
+
+def test_reward_ref_plan_and_round_robin(small_instances) -> None:
+    """With ``reward_ref="plan"`` never moving work returns exactly -1; rewards stay -elapsed / ref."""
+    env = RescheduleEnv(small_instances, start="plan", plan_scheduler="round-robin", reward_ref="plan")
+    rr = RescheduleEnv(small_instances, reward_ref="round-robin")
+    for i in range(len(small_instances)):
+        static = rollout(env, heuristic("wait", env), {"instance": i})
+        assert static.ret == pytest.approx(-1.0, abs=1e-12)
+        stolen = rollout(env, heuristic("greedy", env), {"instance": i})
+        assert stolen.ret == pytest.approx(-stolen.makespan / static.makespan)
+        assert stolen.info["reward_ref_s"] == pytest.approx(static.makespan)
+        dispatched = rollout(rr, heuristic("greedy", rr), {"instance": i})
+        assert dispatched.ret == pytest.approx(-dispatched.makespan / static.makespan)  # the same round-robin plan
+    with pytest.raises(ConfigError, match="reward_ref"):
+        RescheduleEnv(small_instances, reward_ref="plan")  # no start plan
