@@ -66,10 +66,18 @@ def _execute(args: argparse.Namespace, schedulers: list[str], command: str) -> i
         runs = compare(exp, schedulers, out_dir, lambda n: status.update(f"running scheduler {n}"))
     title = f"{cfg.name}: {command}"
     write_report(cfg, runs, out_dir, console, title)
+    if cfg.runtime.backend in ("vllm", "ray"):
+        from mosaic.runtime.fidelity import fidelity_of_runs, fidelity_table
+
+        console.print(fidelity_table(fidelity_of_runs(exp, runs), f"{title}: simulator vs real engines"))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume:
+        from mosaic.runtime.engine_commands import cmd_resume
+
+        return cmd_resume(argparse.Namespace(**vars(args), trace=args.resume))
     cfg = _config(args)
     return _execute(args, [args.scheduler or cfg.scheduler], "run")
 
@@ -114,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one scheduler on a config")
     _common(p)
     p.add_argument("--scheduler", help="scheduler name (default: the config's)")
+    p.add_argument("--resume", metavar="TRACE", help="finish an interrupted real-engine run from its trace")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser("compare", help="run several schedulers on the same workload; one table")
     _common(p)

@@ -29,6 +29,11 @@ class ExpertCfg(_Cfg):
     memory_gb: float | None = Field(None, gt=0, description="GPU memory of the weights; default 2 bytes/param")
     mean_output_tokens: float = Field(gt=0, description="profiled mean output length (the paper's cost input)")
     system_prompt_tokens: int = Field(0, ge=0, description="tokens the expert's system prompt adds per request")
+    path: str | None = Field(None, description="real engines: model folder or hub id (default: model_id)")
+    temperature: float | None = Field(None, ge=0, description="real engines: sampling temperature (default: model's)")
+    top_p: float | None = Field(None, gt=0, le=1, description="real engines: nucleus sampling (default: model's)")
+    max_tokens: int | None = Field(None, gt=0, description="real engines: output cap (default: 4 x mean_output_tokens)")
+    system_prompt: str | None = Field(None, description="real engines: the expert's system prompt")
 
 
 class WorkloadCfg(_Cfg):
@@ -65,6 +70,12 @@ class CostsCfg(_Cfg):
 class RuntimeCfg(_Cfg):
     backend: str = "sim"
     max_batch: int = Field(256, gt=0, description="max concurrent sequences per engine")
+    engine: dict[str, Any] = Field(
+        default_factory=dict,
+        description="real engines: settings for every expert "
+        "(dtype, max_model_len, gpu_memory_utilization, enforce_eager, engine_args)",
+    )
+    co_resident: bool = Field(False, description="real engines: keep every expert a worker serves loaded")
 
 
 class AggregationCfg(_Cfg):

@@ -172,11 +172,10 @@ def test_rl_modules_import_without_rl_libraries() -> None:
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def test_commands_plug_into_the_mosaic_cli(monkeypatch: pytest.MonkeyPatch, small_config_file: Path,
-                                          tmp_path: Path) -> None:  # fmt: skip
+def test_commands_plug_into_the_mosaic_cli(small_config_file: Path, tmp_path: Path) -> None:
     from mosaic import cli
 
-    monkeypatch.setattr(cli, "EXTENSIONS", (*cli.EXTENSIONS, "mosaic.envs.commands"))
+    assert "mosaic.envs.commands" in cli.EXTENSIONS
     args = cli.build_parser().parse_args(["train", "threshold", "--algo", "dqn", "--timesteps", "64"])
     assert (args.task, args.algo, args.timesteps, args.lam) == ("threshold", "dqn", 64, 4.0)
     rc = cli.main(["eval-agents", str(small_config_file), "--seeds", "1", "--plan-scheduler", "round-robin",

