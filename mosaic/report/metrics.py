@@ -42,6 +42,12 @@ class RunMetrics:
         return self.expert_makespan / self.lower_bound - 1.0 if self.lower_bound > 0 else 0.0
 
     @property
+    def plan_gap(self) -> float:
+        """Relative distance of the scheduler's *predicted* makespan above the lower bound (both from the cost
+        model): how close to optimal the plan is in the scheduler's own terms, prediction error aside."""
+        return self.predicted_makespan / self.lower_bound - 1.0 if self.lower_bound > 0 else 0.0
+
+    @property
     def accuracy_delta_pp(self) -> float | None:
         """Accuracy change of this run's aggregation policy against always aggregating, in percentage points."""
         if self.accuracy is None or self.accuracy_always is None:
@@ -59,6 +65,7 @@ class RunMetrics:
         d["workers"] = {str(w): asdict(u) for w, u in self.workers.items()}
         d["stats"] = dict(self.stats)
         d["gap"] = self.gap
+        d["plan_gap"] = self.plan_gap
         d["idle_share"] = self.idle_share
         d["accuracy_delta_pp"] = self.accuracy_delta_pp
         return d

@@ -42,16 +42,17 @@ def test_segments_merge_consecutive_requests_of_one_expert():
     assert (0, "a", 0.0, 10.0, True) in bars
 
 
-def _metrics(name, expert, agg):
+def _metrics(name, expert, agg, predicted=None):
     w = {0: WorkerUsage(expert / 2, 1.0, expert / 2 - 1.0)}
-    return RunMetrics(name, expert, agg, expert + agg, 50.0, expert, 10, 2, 3, 0.25, 0.8, w)
+    return RunMetrics(name, expert, agg, expert + agg, 50.0, predicted or expert, 10, 2, 3, 0.25, 0.8, w)
 
 
 def test_table_speedups_against_baseline():
-    ms = [_metrics("round-robin", 200.0, 40.0), _metrics("lpt", 100.0, 20.0)]
+    ms = [_metrics("round-robin", 200.0, 40.0), _metrics("lpt", 100.0, 20.0, predicted=51.0)]
     r = rows(ms, "round-robin")
     assert r[0][2] == "1.00" and r[1][2] == "2.00" and r[1][6] == "2.00"
-    assert r[1][8] == "100.0"  # gap: 100 s vs bound 50 s
+    assert r[1][8] == "100.0"  # gap: simulated 100 s vs bound 50 s
+    assert r[1][9] == "2.0"  # plan gap: predicted 51 s vs bound 50 s
     out = io.StringIO()
     Console(file=out, width=250).print(comparison_table(ms, "round-robin", "t"))
     assert "speedup over round-robin" in out.getvalue()
