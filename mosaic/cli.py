@@ -16,7 +16,8 @@ from mosaic.core.errors import MosaicError
 # Modules that add their own subcommands through ``register_cli(subparsers)``.
 EXTENSIONS = ("mosaic.predictors.commands", "mosaic.runtime.engine_commands", "mosaic.envs.commands")
 
-console = Console()
+TABLE_WIDTH = 200  # the comparison table's natural width: never squeeze it into a narrow (or piped, 80-column) console
+console = Console(width=max(Console().width, TABLE_WIDTH))
 
 
 def _common(p: argparse.ArgumentParser) -> None:
