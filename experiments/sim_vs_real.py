@@ -102,8 +102,8 @@ def main() -> None:
         console.print(f"{name}: real run took {time.perf_counter() - t:.0f} s wall, expert makespan "
                       f"{run.metrics.expert_makespan:.2f} s, end-to-end {run.metrics.end_to_end:.2f} s")  # fmt: skip
         runs.append(run)
-    # second model: load_s = engine start only, plus the teardown of each engine a load replaces (not yet in the
-    # simulator: see unload_extra); both from the profile's measurements
+    # cross-check: a simulation without teardown plus each replaced engine's teardown added by hand (unload_extra);
+    # it should match "sim", which models teardown itself (ModelCost.unload_s)
     pure, unload = split_unload(CostProfile.from_file(profile_path), cfg.cluster.gpu_type)
     pure_costs = ProfiledCostModel(pure.with_max_batch(cfg.runtime.max_batch, cap=True),
                                    MeanLengthPredictor(expert_means(cfg, exp.workload)), exp.workload)  # fmt: skip

@@ -5,7 +5,9 @@ valid for every plan of the stage when the predictions equal the truth and a req
 grow with the batch it shares (continuous batching amortises the decode steps).
 
 Used by every scheduler (and by the MOSAIC ILP) to fill ``Plan.predicted_makespan``,
-``Plan.lower_bound`` and ``Plan.stats``.
+``Plan.lower_bound`` and ``Plan.stats``. Predictions charge a load that replaces a resident expert its
+teardown too (``unload_seconds`` of the outgoing expert, as the simulator does); the lower bound leaves
+teardown out (0 is a valid floor on it).
 """
 
 from __future__ import annotations
@@ -109,7 +111,8 @@ def lower_bound(
     - chain: max over requests of min over workers of (its expert's load unless resident there, plus
       its ``request_latency``).
 
-    Heterogeneous GPUs: each item at its cheapest GPU type.
+    Heterogeneous GPUs: each item at its cheapest GPU type. Teardown of replaced experts (``unload_s``) is
+    left out: a worker with nothing resident loads without it, so 0 is a valid floor.
     """
     return bound_terms(workload, costs, cluster, resident).value
 
@@ -124,7 +127,9 @@ def order_worker_times(
     """Worker id -> predicted busy seconds when it runs ``order`` (every cluster worker; idle ones 0).
 
     Each run of consecutive same-expert requests costs a load (skipped only for a worker's first run
-    when that expert is already resident there) plus ``costs.group_seconds`` of the run.
+    when that expert is already resident there) plus ``costs.group_seconds`` of the run. A load that
+    replaces an expert (every load but a worker's first with nothing resident) also costs the outgoing
+    expert's ``costs.unload_seconds``.
     """
     gpus = worker_gpus(cluster)
     res = normalize_resident(cluster, resident)
@@ -134,9 +139,13 @@ def order_worker_times(
     times = dict.fromkeys(gpus, 0.0)
     for w, ids in order.items():
         total = 0.0
-        for k, (expert, run) in enumerate(segments(workload, ids)):
-            if not (k == 0 and res.get(w) == expert):
+        current = res.get(w)
+        for expert, run in segments(workload, ids):
+            if expert != current:
+                if current is not None:
+                    total += costs.unload_seconds(current, gpus[w])
                 total += costs.load_seconds(expert, gpus[w])
+                current = expert
             total += costs.group_seconds(run, gpus[w])
         times[w] = total
     return times

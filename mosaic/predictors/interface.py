@@ -16,7 +16,9 @@ class ModelCost:
     """Profiled costs of one expert on one GPU type.
 
     A decode step of a batch of ``b`` sequences holding ``kv`` tokens of KV cache takes
-    ``step_base_s + step_per_seq_s * b + step_per_kv_token_s * kv`` seconds.
+    ``step_base_s + step_per_seq_s * b + step_per_kv_token_s * kv`` seconds. A load that replaces a resident
+    expert first frees it: ``unload_s`` of the outgoing expert, then ``load_s`` of the incoming one (a worker's
+    first load, with nothing resident, costs ``load_s`` only).
     """
 
     load_s: float  # seconds to load the weights and start the engine
@@ -27,6 +29,7 @@ class ModelCost:
     memory_gb: float  # weights + runtime overhead on the GPU
     max_batch: int = 256  # engine's max concurrent sequences
     kv_capacity_tokens: int = 1_000_000  # KV-cache tokens that fit next to the weights
+    unload_s: float = 0.0  # seconds to free this expert's engine before another expert loads in its place
 
     def step_time(self, batch: int, kv_tokens: float) -> float:
         return self.step_base_s + self.step_per_seq_s * batch + self.step_per_kv_token_s * kv_tokens
@@ -63,6 +66,10 @@ class CostModel(ABC):
 
     def load_seconds(self, expert: str, gpu_type: str) -> float:
         return self.model_cost(expert, gpu_type).load_s
+
+    def unload_seconds(self, expert: str, gpu_type: str) -> float:
+        """Seconds to free resident ``expert`` before another expert loads in its place."""
+        return self.model_cost(expert, gpu_type).unload_s
 
     @abstractmethod
     def request_seconds(self, request: Request, gpu_type: str, batch: int | None = None) -> float:

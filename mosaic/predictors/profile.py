@@ -8,9 +8,11 @@ File schema (YAML or JSON, chosen by suffix; ``.json`` is JSON, anything else YA
       A100-80GB:
         experts:
           QwenR1: {load_s: 36.2, prefill_tps: 13370.0, step_base_s: 0.0166, step_per_seq_s: 9.1e-05,
-                   step_per_kv_token_s: 8.5e-08, memory_gb: 18.2, max_batch: 256, kv_capacity_tokens: 390000}
+                   step_per_kv_token_s: 8.5e-08, memory_gb: 18.2, max_batch: 256, kv_capacity_tokens: 390000,
+                   unload_s: 1.1}
 
-``max_batch`` and ``kv_capacity_tokens`` may be left out (``ModelCost`` defaults). Every bad field raises one
+``max_batch``, ``kv_capacity_tokens`` and ``unload_s`` (seconds to free the engine before another expert loads in
+its place) may be left out (``ModelCost`` defaults: 256, 1,000,000 and 0). Every bad field raises one
 :class:`ProfileError` naming the file and the field's path, e.g.
 ``profile p.yaml: gpu_types.A100-80GB.experts.QwenR1.prefill_tps must be > 0 (got 0)``.
 """
@@ -34,7 +36,7 @@ from mosaic.predictors.interface import ModelCost
 
 PROFILE_VERSION = 1
 _FIELDS = tuple(f.name for f in fields(ModelCost))
-_OPTIONAL = {"max_batch", "kv_capacity_tokens"}
+_OPTIONAL = {"max_batch", "kv_capacity_tokens", "unload_s"}
 _INT_FIELDS = {"max_batch", "kv_capacity_tokens"}
 # field -> (lower limit, limit included?)
 _LIMITS: dict[str, tuple[float, bool]] = {
@@ -46,6 +48,7 @@ _LIMITS: dict[str, tuple[float, bool]] = {
     "memory_gb": (0.0, False),
     "max_batch": (1, True),
     "kv_capacity_tokens": (1, True),
+    "unload_s": (0.0, True),
 }
 
 

@@ -10,7 +10,8 @@ bandwidth ``BW`` and peak ``F`` FLOP/s:
 - ``step_per_seq_s = 2 P / (F * decode_mfu)``: a forward pass costs ``2 P`` FLOPs per token;
 - ``step_per_kv_token_s = kv_bytes / (BW * kv_efficiency)``: attention reads each cached token once per step;
 - ``prefill_tps = F * prefill_mfu / (2 P)``;
-- ``load_s = W / load_gbps + engine_start_s``; ``memory_gb = W + runtime_overhead_gb``;
+- ``load_s = W / load_gbps + engine_start_s``; ``memory_gb = W + runtime_overhead_gb``; ``unload_s = 0`` (freeing
+  an engine is not modelled here: measure it with ``mosaic profile``);
 - ``kv_capacity_tokens = (gpu_memory * gpu_memory_utilization - memory_gb) / kv_bytes``.
 
 KV bytes per token come from a GQA-style shape estimate: a dense transformer has ``P ~ 12 L d^2`` with

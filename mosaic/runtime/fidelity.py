@@ -3,6 +3,12 @@
 The simulator gets exactly what the real engines did: the same expert and aggregation plans (a scheduler that
 hands back the real run's plans), every request's real prompt and output tokens and its answer (read from the
 real trace). What remains is the timing model (the cost profile): the error measures it.
+
+The simulator charges a load that replaces a resident expert that expert's ``unload_s`` (engine teardown) first,
+as the real worker's load events include it. The optional "sim+unload" figures are an analytic cross-check of that:
+a simulation whose profile has no teardown (:func:`~mosaic.runtime.profiler.split_unload`) plus the teardown of
+each engine a load replaces (:func:`unload_extra`); with a profile that has ``unload_s`` they match "sim" except
+where a worker's wait for arrivals absorbs part of a teardown.
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ class WorkerError:
     worker: int | None  # None: the whole stage (its makespan)
     real_s: float
     sim_s: float
-    sim_unload_s: float | None = None  # the simulation with unload costs (see :func:`unload_extra`), if asked
+    sim_unload_s: float | None = None  # no-teardown simulation + analytic teardown (:func:`unload_extra`), if asked
 
     @property
     def error(self) -> float:
@@ -92,8 +98,8 @@ class WorkerError:
 
 def unload_extra(plan: Plan, resident: Mapping[int, str | None], unload: Mapping[str, float]) -> dict[int, float]:
     """Worker -> seconds of engine teardown a stage adds: each load that replaces a resident expert first frees it
-    (``unload[expert]`` seconds). The simulator's ``load_s`` has no such term; a worker's loads all come before its
-    last request, so its busy span grows by exactly this sum."""
+    (``unload[expert]`` seconds). Added to a simulation without teardown (``unload_s`` 0): a worker's loads all come
+    before its last request, so its busy span grows by this sum (less any wait for arrivals it overlaps)."""
     out = {}
     for w, experts in plan.placement.items():
         current, extra = resident.get(w), 0.0
@@ -125,8 +131,9 @@ def _stage_rows(name: str, real: StageResult, sim: StageResult, pure: StageResul
 def compare(name: str, real: RunResult, sim: RunResult, unload: Mapping[str, float] | None = None,
             sim_pure: RunResult | None = None) -> list[WorkerError]:  # fmt: skip
     """Per-worker and per-stage errors of ``sim`` against ``real`` (both stages, then end to end). With ``unload``
-    (expert -> teardown seconds) and ``sim_pure`` (the simulation whose load times exclude teardown), every row
-    also gets ``sim_pure`` plus the teardown of each engine a load replaces (:func:`unload_extra`)."""
+    (expert -> teardown seconds) and ``sim_pure`` (the simulation whose profile has no teardown: ``load_s`` engine
+    start only, ``unload_s`` 0), every row also gets ``sim_pure`` plus the teardown of each engine a load replaces
+    (:func:`unload_extra`)."""
     pure = sim_pure or sim
     stages = [(real.expert, sim.expert, pure.expert, real.expert_plan, {})]
     if real.aggregation_plan.order:
@@ -147,7 +154,8 @@ def compare(name: str, real: RunResult, sim: RunResult, unload: Mapping[str, flo
 def fidelity_of_runs(exp: Any, runs: Sequence[Any], unload: Mapping[str, float] | None = None,
                      pure_costs: CostModel | None = None) -> list[WorkerError]:  # fmt: skip
     """Errors of every :class:`~mosaic.pipeline.SchedulerRun` of experiment ``exp`` (a real backend's runs).
-    With ``unload`` and ``pure_costs`` (load times without teardown), also the simulation with unload costs."""
+    With ``unload`` and ``pure_costs`` (a profile without teardown, :func:`~mosaic.runtime.profiler.split_unload`),
+    also the no-teardown simulation plus analytic teardown (:func:`compare`)."""
     from mosaic.pipeline import _policy
 
     out = []

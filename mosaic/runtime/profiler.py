@@ -2,9 +2,9 @@
 
 Measured in an engine worker process (same environment, cores and engine settings as the ``vllm`` backend's):
 
-- **load_s**: engine start (median of ``loads`` starts) plus ``free_share`` x the teardown of the engine it replaces
-  (a worker's first load replaces nothing, later ones free the resident engine first; 0.5 fits plans that load
-  an expert and then the aggregator on each worker). Both parts are kept in the profile's ``meta``.
+- **load_s**: engine start (median of ``loads`` starts); **unload_s**: engine teardown (median of the frees between
+  and after them), which the simulator charges before a load that replaces this engine (a worker's first load
+  replaces nothing). The single measurements are kept in the profile's ``meta``.
 - **prefill_tps**: prompt tokens per second of batches of random prompts (random ids: no prefix-cache hits) of
   each length in ``prefill_tokens``, generating one token each (total tokens / total time, after a warm-up).
 - **decode step**: wall time of every ``engine.step()`` (output processing included, as the backend sees it)
@@ -42,7 +42,6 @@ class ProfileOptions:
     prefill_tokens: tuple[int, ...] = (256, 1024)  # prompt lengths of the prefill measurement
     prefill_batch_tokens: int = 2048  # prompt tokens per prefill run (a step's default token budget)
     repeats: int = 3
-    free_share: float = 0.5  # share of an engine teardown charged to each load
     seed: int = 0  # random prompt ids
 
     @classmethod
@@ -205,20 +204,24 @@ def profile_engine(expert: str, spec: Mapping[str, Any], options: Mapping[str, A
     frees.append(time.perf_counter() - t)
     load, free = statistics.median(loads), statistics.median(frees)
     kv_gb = float(vc.cache_config.kv_cache_memory_bytes or 0) / 1e9 if vc.device_config.device_type == "cpu" else 0.0
-    cost = ModelCost(load + opts.free_share * free, prefill, base, per_seq, per_kv,
-                     round(weights_gb(spec["path"]) + kv_gb, 4) or 0.001, max_batch, kv_tokens)  # fmt: skip
+    cost = ModelCost(load, prefill, base, per_seq, per_kv, round(weights_gb(spec["path"]) + kv_gb, 4) or 0.001,
+                     max_batch, kv_tokens, free)  # fmt: skip
     meta = {"path": str(spec["path"]), "engine_start_s": load, "unload_s": free, "load_s": loads, "free_s": frees,
             "options": asdict(opts), "decode_points": [list(p) for p in summarise(samples)]}  # fmt: skip
     return {"cost": asdict(cost), "meta": meta}
 
 
 def split_unload(profile: CostProfile, gpu_type: str) -> tuple[CostProfile, dict[str, float]]:
-    """(the profile with ``load_s`` = engine start only, expert -> teardown seconds), from the measurements kept in
-    the profile's meta (``<expert>@<gpu type>`` entries); experts without them keep their ``load_s``, unload 0."""
+    """(the profile without teardown: ``load_s`` = engine start only and ``unload_s`` = 0, expert -> teardown
+    seconds). Teardown is the entry's ``unload_s``; for an older profile (``unload_s`` 0, a share of the teardown
+    folded into ``load_s``) both come from the measurements in its meta (``<expert>@<gpu type>`` entries).
+    Experts with neither keep their ``load_s``, unload 0."""
     table, unload = {}, {}
     for e, mc in profile.table.get(gpu_type, {}).items():
         m = profile.meta.get(f"{e}@{gpu_type}")
-        if isinstance(m, Mapping) and "engine_start_s" in m and "unload_s" in m:
+        if mc.unload_s > 0:
+            table[e], unload[e] = replace(mc, unload_s=0.0), mc.unload_s
+        elif isinstance(m, Mapping) and "engine_start_s" in m and "unload_s" in m:
             table[e] = replace(mc, load_s=float(m["engine_start_s"]))
             unload[e] = float(m["unload_s"])
         else:

@@ -5,8 +5,11 @@ Timing model (all seconds come from :class:`~mosaic.predictors.interface.ModelCo
 - **Order.** The worker runs its queue strictly in order: it never skips ahead of a request that has not
   arrived, does not fit the batch, or needs another expert (head-of-line blocking, like a FIFO engine queue).
 - **Loads.** When the head needs an expert that is not resident, the worker first drains its running batch,
-  then loads it (``load_s``, a :class:`LoadRecord`); only one expert is resident at a time. The load starts as
-  soon as the batch has drained, even if the head has not arrived yet (the plan says what comes next).
+  then frees the resident expert (its ``unload_s``; nothing to free when none is resident) and loads the new one
+  (``load_s``); only one expert is resident at a time. One :class:`LoadRecord` spans free + load, from the drain
+  to the end of the load, as the real engine worker (:mod:`mosaic.runtime.vllm_worker`) records a swap, and
+  ``loading_s`` counts both. The swap starts as soon as the batch has drained, even if the head has not arrived
+  yet (the plan says what comes next).
 - **Admission.** The head joins the batch when it has arrived (``arrival <= clock + ARRIVAL_EPS``), the batch
   holds fewer than ``max_batch`` sequences and the KV reservation fits ``kv_capacity_tokens``. Admission
   reserves the request's full prompt + output tokens (an oracle reservation: the simulator knows true lengths,
@@ -72,7 +75,10 @@ def steps_to_reach(gap: float, c0: float, h: float) -> int:
     return n
 
 
-def _params(mc: ModelCost, expert: str) -> tuple[float, float, float, float, float, int, int]:
+_Params = tuple[float, float, float, float, float, int, int, float]
+
+
+def _params(mc: ModelCost, expert: str) -> _Params:
     """ModelCost as a plain tuple, validated (a bad profile raises ProfileError naming the expert)."""
     bad = [
         name
@@ -84,13 +90,15 @@ def _params(mc: ModelCost, expert: str) -> tuple[float, float, float, float, flo
             ("step_per_kv_token_s >= 0", mc.step_per_kv_token_s >= 0),
             ("max_batch >= 1", mc.max_batch >= 1),
             ("kv_capacity_tokens >= 1", mc.kv_capacity_tokens >= 1),
+            ("unload_s >= 0", mc.unload_s >= 0),
         )
         if not ok
     ]
     if bad:
         raise ProfileError(f"cost of expert {expert!r} violates {', '.join(bad)}: {mc}")
     return (float(mc.load_s), float(mc.prefill_tps), float(mc.step_base_s), float(mc.step_per_seq_s),
-            float(mc.step_per_kv_token_s), int(mc.max_batch), int(mc.kv_capacity_tokens))  # fmt: skip
+            float(mc.step_per_kv_token_s), int(mc.max_batch), int(mc.kv_capacity_tokens),
+            float(mc.unload_s))  # fmt: skip
 
 
 class WorkerSim:
@@ -120,7 +128,7 @@ class WorkerSim:
         self.records: list[Record] = []
         self._emit = emit if emit is not None else self.records.append
         self._cost_of = cost_of
-        self._cache: dict[str, tuple[float, float, float, float, float, int, int]] = {}
+        self._cache: dict[str, _Params] = {}
         self._queue: deque[SimRequest] = deque()  # not yet admitted, in execution order
         self._heap: list[tuple[int, int, float, SimRequest]] = []  # (finish step, admission seq, start, request)
         self._step = 0  # decode steps run so far
@@ -161,8 +169,9 @@ class WorkerSim:
         """Requests in the batch, in finishing order."""
         return tuple(item for *_, item in sorted(self._heap))
 
-    def cost(self, expert: str) -> tuple[float, float, float, float, float, int, int]:
-        """(load_s, prefill_tps, step_base_s, step_per_seq_s, step_per_kv_token_s, max_batch, kv_capacity)."""
+    def cost(self, expert: str) -> _Params:
+        """(load_s, prefill_tps, step_base_s, step_per_seq_s, step_per_kv_token_s, max_batch, kv_capacity,
+        unload_s)."""
         p = self._cache.get(expert)
         if p is None:
             p = self._cache[expert] = _params(self._cost_of(expert), expert)
@@ -224,10 +233,10 @@ class WorkerSim:
         t, s, kv, reserved, seq = self.clock, self._step, self._kv, self._reserved, self._seq
         busy, loading, last_end, done = self.busy_s, self.loading_s, self.last_end, 0
         resident = self.resident
-        tps = base = per_seq = per_kv = 0.0
+        tps = base = per_seq = per_kv = unload = 0.0  # unload: seconds to free the resident expert
         mb = kvcap = 0
         if resident is not None:
-            _, tps, base, per_seq, per_kv, mb, kvcap = self.cost(resident)
+            _, tps, base, per_seq, per_kv, mb, kvcap, unload = self.cost(resident)
         events = 0
         nxt = _INF
         while events < max_events:
@@ -236,9 +245,9 @@ class WorkerSim:
             if queue:
                 head = queue[0]
                 if head[2] != resident:
-                    if not b:  # drained: load the next expert
+                    if not b:  # drained: free the resident expert, load the next one
                         nl = self.cost(head[2])
-                        end = t + nl[0]
+                        end = t + unload + nl[0]
                         if end > limit:
                             nxt = end
                             break
@@ -246,7 +255,7 @@ class WorkerSim:
                         loading += end - t
                         t = end
                         resident = head[2]
-                        _, tps, base, per_seq, per_kv, mb, kvcap = nl
+                        _, tps, base, per_seq, per_kv, mb, kvcap, unload = nl
                         events += 1
                         continue
                 elif b < mb and (not b or reserved + head[3] + head[4] <= kvcap):

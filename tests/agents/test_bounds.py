@@ -60,6 +60,27 @@ def test_worker_times_skip_only_the_first_resident_load(toy):
     )
 
 
+def test_worker_times_charge_unload_to_every_load_that_replaces_an_expert(toy):
+    wl = toy.workload([("e0", "e1"), ("e0",)])  # requests: 0 e0, 1 e1, 2 e0
+    plain = toy.costs(wl)
+
+    class WithUnload(type(plain)):
+        def unload_seconds(self, expert: str, gpu_type: str) -> float:
+            return {"e0": 3.0, "e1": 5.0}[expert]
+
+    costs = WithUnload(wl)
+    cluster = toy.cluster(["fast"])
+    base = order_worker_times({0: [0, 1, 2]}, wl, plain, cluster)[0]
+    # nothing resident: load e0 (no unload), free e0 (3) + load e1, free e1 (5) + load e0
+    assert order_worker_times({0: [0, 1, 2]}, wl, costs, cluster)[0] == pytest.approx(base + 8.0)
+    # e1 resident: the first load frees it too (5 + 3 + 5)
+    assert order_worker_times({0: [0, 1, 2]}, wl, costs, cluster, {0: "e1"})[0] == pytest.approx(base + 13.0)
+    # e0 resident: first run needs no load; then free e0 + load e1, free e1 + load e0
+    skipped = order_worker_times({0: [0, 1, 2]}, wl, plain, cluster, {0: "e0"})[0]
+    assert order_worker_times({0: [0, 1, 2]}, wl, costs, cluster, {0: "e0"})[0] == pytest.approx(skipped + 8.0)
+    assert lower_bound(wl, costs, cluster, {0: "e1"}) == lower_bound(wl, plain, cluster, {0: "e1"})  # floor: no unload
+
+
 def test_lower_bound_by_hand(toy, two_e0):
     wl, costs = two_e0
     one = bound_terms(wl, costs, toy.cluster(["fast"]))

@@ -71,6 +71,19 @@ def test_optional_fields_take_model_cost_defaults(tmp_path: Path) -> None:
     assert (mc.max_batch, mc.kv_capacity_tokens) == (defaults["max_batch"], defaults["kv_capacity_tokens"])
 
 
+def test_unload_round_trips_and_defaults_to_zero(tmp_path: Path) -> None:
+    mc = ModelCost(2.0, 1000.0, 0.01, 1e-5, 0.0, 1.0, unload_s=1.25)
+    assert mc.unload_s == 1.25 and ModelCost(2.0, 1000.0, 0.01, 1e-5, 0.0, 1.0).unload_s == 0.0
+    for name in ("p.yaml", "p.json"):
+        path = CostProfile({"cpu": {"a": mc, "b": MC}}).to_file(tmp_path / name)
+        back = CostProfile.from_file(path)
+        assert back.get("a", "cpu") == mc and back.get("a", "cpu").unload_s == 1.25
+        assert back.get("b", "cpu").unload_s == 0.0
+    data = _drop("unload_s")
+    assert "unload_s" not in data["gpu_types"]["A100-80GB"]["experts"]["QwenR1"]
+    assert CostProfile.from_dict(data).get("QwenR1", "A100-80GB").unload_s == 0.0
+
+
 BASE = "gpu_types.A100-80GB.experts.QwenR1"
 
 
@@ -89,6 +102,8 @@ def _drop(field: str) -> dict:
 BAD_FILES = [
     (_set("prefill_tps", 0), f"{BASE}.prefill_tps must be > 0 (got 0)"),
     (_set("load_s", -1.0), f"{BASE}.load_s must be >= 0 (got -1.0)"),
+    (_set("unload_s", -0.5), f"{BASE}.unload_s must be >= 0 (got -0.5)"),
+    (_set("unload_s", "1s"), f"{BASE}.unload_s must be a number (got '1s')"),
     (_set("memory_gb", "16GB"), f"{BASE}.memory_gb must be a number (got '16GB')"),
     (_set("step_base_s", True), f"{BASE}.step_base_s must be a number (got True)"),
     (_set("max_batch", 2.5), f"{BASE}.max_batch must be an integer (got 2.5)"),

@@ -23,8 +23,9 @@ from mosaic.runtime.sim_worker import ARRIVAL_EPS, SimRequest
 GPU = "test-gpu"
 
 
-def mcost(load_s=5.0, prefill_tps=1000.0, base=0.02, per_seq=0.001, per_kv=1e-6, max_batch=256, kv_cap=1_000_000):
-    return ModelCost(load_s, prefill_tps, base, per_seq, per_kv, 16.0, max_batch, kv_cap)
+def mcost(load_s=5.0, prefill_tps=1000.0, base=0.02, per_seq=0.001, per_kv=1e-6, max_batch=256, kv_cap=1_000_000,
+          unload_s=0.0):  # fmt: skip
+    return ModelCost(load_s, prefill_tps, base, per_seq, per_kv, 16.0, max_batch, kv_cap, unload_s)
 
 
 class TableCosts(CostModel):
@@ -149,8 +150,9 @@ def brute_force(
         if not batch:
             if queue and queue[0].expert != resident:
                 mc = cost_of(queue[0].expert)
-                loads.append((queue[0].expert, t, t + mc.load_s))
-                t += mc.load_s
+                swap = mc.load_s + (cost_of(resident).unload_s if resident is not None else 0.0)
+                loads.append((queue[0].expert, t, t + swap))  # one record spans free + load
+                t += swap
                 resident = queue[0].expert
             elif queue:
                 t = max(t, queue[0].arrival)
@@ -180,6 +182,7 @@ def worker_cases(draw: st.DrawFn, max_requests: int = 12) -> tuple:
             per_kv=draw(st.sampled_from([0.0, 1e-5, 3e-4])),
             max_batch=draw(st.integers(1, 6)),
             kv_cap=draw(st.integers(5, 400)),
+            unload_s=draw(st.sampled_from([0.0, 0.0, 0.7, 1.3])),
         )
         for e in names
     }

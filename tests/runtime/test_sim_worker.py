@@ -96,6 +96,32 @@ def test_load_waits_for_drain_and_starts_before_arrival(rt):
     assert next(r for r in sim.records if isinstance(r, RequestRecord) and r.request_id == 1).start == 5.0
 
 
+def test_swap_costs_unload_plus_load_but_first_load_only_load(rt):
+    """Loads of b (nothing resident), a (frees b), b (frees a): free + load in one record, as the real worker."""
+    fast = dict(prefill_tps=1e12, base=0.1, per_seq=0.0, per_kv=0.0)
+    table = {"a": rt.mcost(load_s=1.0, unload_s=0.25, **fast), "b": rt.mcost(load_s=2.0, unload_s=0.5, **fast)}
+    sim = _worker(table)
+    sim.enqueue([SimRequest(0, 0, "b", 0, 10, 0.0), SimRequest(1, 1, "a", 0, 10, 0.0),
+                 SimRequest(2, 2, "b", 0, 10, 0.0)])  # fmt: skip
+    sim.run_until_idle()
+    reqs, loads = _timings(sim)
+    # b: load 0-2, serve 2-3; a: free b (0.5) + load (1.0) 3-4.5, serve 4.5-5.5; b: free a (0.25) + load (2.0)
+    assert loads == pytest.approx([("b", 0.0, 2.0), ("a", 3.0, 4.5), ("b", 5.5, 7.75)])
+    assert [reqs[i] for i in range(3)] == pytest.approx([(2.0, 3.0), (4.5, 5.5), (7.75, 8.75)])
+    assert sim.loading_s == pytest.approx(2.0 + 1.5 + 2.25) and sim.busy_s == pytest.approx(3.0)
+    resident = _worker(table, resident="a")  # a resident at start: swapping to b frees it first
+    resident.enqueue([SimRequest(0, 0, "b", 0, 10, 0.0)])
+    resident.run_until_idle()
+    assert _timings(resident)[1] == pytest.approx([("b", 0.0, 2.25)])
+
+
+def test_negative_unload_is_a_profile_error(rt):
+    sim = _worker({"a": rt.mcost(unload_s=-1.0)})
+    sim.enqueue([SimRequest(0, 0, "a", 1, 1, 0.0)])
+    with pytest.raises(ProfileError, match="unload_s >= 0"):
+        sim.run_until_idle()
+
+
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.data())
 def test_event_driven_matches_brute_force(rt, data):

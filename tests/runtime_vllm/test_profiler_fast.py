@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from mosaic.core.errors import ProfileError
-from mosaic.runtime.profiler import ProfileOptions, fit_step, summarise
+from mosaic.predictors.interface import ModelCost
+from mosaic.predictors.profile import CostProfile
+from mosaic.runtime.profiler import ProfileOptions, fit_step, split_unload, summarise
 
 
 def test_fit_recovers_a_linear_step_model():
@@ -44,3 +48,22 @@ def test_options_are_checked():
         ProfileOptions.from_mapping({"bacth": 1})
     with pytest.raises(ProfileError, match="out of range"):
         ProfileOptions.from_mapping({"loads": 0})
+
+
+def test_split_unload_reads_unload_s_or_the_old_meta():
+    new = ModelCost(1.2, 1000.0, 0.01, 1e-5, 0.0, 1.0, unload_s=1.1)
+    old = ModelCost(1.8, 1000.0, 0.01, 1e-5, 0.0, 1.0)  # older profile: half a teardown folded into load_s
+    plain = ModelCost(3.0, 1000.0, 0.01, 1e-5, 0.0, 1.0)
+    meta = {"old@cpu": {"engine_start_s": 1.25, "unload_s": 1.1}}
+    pure, unload = split_unload(CostProfile({"cpu": {"new": new, "old": old, "plain": plain}}, meta), "cpu")
+    assert unload == pytest.approx({"new": 1.1, "old": 1.1, "plain": 0.0})
+    assert [pure.get(e, "cpu").load_s for e in ("new", "old", "plain")] == [1.2, 1.25, 3.0]
+    assert all(pure.get(e, "cpu").unload_s == 0.0 for e in ("new", "old", "plain"))
+
+
+def test_shipped_cpu_profile_has_teardown_apart_from_load():
+    path = Path(__file__).resolve().parents[2] / "experiments" / "profiles" / "cpu_tiny.yaml"
+    profile = CostProfile.from_file(path)
+    for e in profile.experts:
+        mc, m = profile.get(e, "cpu"), profile.meta[f"{e}@cpu"]
+        assert (mc.load_s, mc.unload_s) == (m["engine_start_s"], m["unload_s"])

@@ -114,4 +114,4 @@ def test_vllm_profile_writes_a_cost_profile(tiny_models, tmp_path):
     profile_model(str(tiny_models / "tiny-llama-a"), "cpu", "a", out, opts, {"dtype": "float32", "max_num_seqs": 4})
     mc = CostProfile.from_file(out).get("a", "cpu")
     assert 0 < mc.load_s < 120 and mc.prefill_tps > 100 and 0 < mc.step_base_s + mc.step_per_seq_s < 1
-    assert mc.max_batch == 4 and mc.kv_capacity_tokens > 1000
+    assert mc.max_batch == 4 and mc.kv_capacity_tokens > 1000 and 0 < mc.unload_s < 120
