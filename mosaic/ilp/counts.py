@@ -45,17 +45,18 @@ def group_seconds(inst: IlpInstance, counts: np.ndarray) -> np.ndarray:
     """Experts x workers: model seconds of each expert's group (no load), 0 where it runs nothing."""
     t = np.asarray(inst.worker_type)
     full = np.zeros((len(inst.experts), len(inst.workers)))
-    fill = np.zeros_like(full)
+    own = np.zeros_like(full)  # batch-independent seconds a of the group
     for b, e in enumerate(inst.bucket_expert):
         full[e] += inst.bucket_seconds[b, t] * counts[b]
-        fill[e] += inst.bucket_fixed[b, t] * counts[b]
-    fill += inst.decode_mean[:, t]
+        own[e] += inst.bucket_fixed[b, t] * counts[b]
     pinned = np.array([r == 1 and not inst.fixed for r in inst.r_max], dtype=bool)
-    slow = np.where(pinned[:, None], inst.latency_max[:, t], 0.0)
+    slow = np.where(pinned[:, None], inst.decode_max[:, t], 0.0)  # decode steps of its slowest request
     for b, e in enumerate(inst.bucket_expert):
         if inst.straggler[b]:
-            slow[e] = np.maximum(slow[e], inst.bucket_latency[b, t] * (counts[b] > 0))
-    return np.where(placed(inst, counts), np.maximum(np.maximum(full, fill), slow), 0.0)
+            dec = inst.bucket_latency[b, t] - inst.bucket_fixed[b, t]
+            slow[e] = np.maximum(slow[e], dec * (counts[b] > 0))
+    tail = np.maximum(inst.decode_mean[:, t], slow)
+    return np.where(placed(inst, counts), np.maximum(full, own + tail), 0.0)
 
 
 def busy_times(inst: IlpInstance, counts: np.ndarray) -> np.ndarray:

@@ -6,8 +6,11 @@ size depends on experts x buckets x workers, never on the number of queries. Eve
 ``s(b) = request_seconds(i, g, b)``; MOSAIC reads it as ``a_i + d_i / min(b, cap_i)``: ``a_i`` the
 batch-independent seconds (prefill, per-sequence compute, own KV reads), ``d_i`` the decode-step seconds a
 batch shares (``d_i = 2 (s(1) - s(2))``, ``a_i = s(1) - d_i``). A worker running ``n`` requests of one expert
-then costs ``max(sum s_full, sum a + mean d)``: the first term is the full-batch cost, the second the
-under-filled batch (exact for requests of one predicted length).
+then costs ``sum a + max(sum d / min(cap, n), max d)`` (``CostModel.group_seconds``): every request's own
+seconds plus the shared decode steps, at least those of the amortised batch and at least the slowest request's
+own steps, which it shares with the rest of the group. The model bounds it by the full-batch cost
+``sum s_full``, the under-filled batch ``sum a + mean d`` (exact for requests of one predicted length) and
+``sum a + d`` of its straggler (see :mod:`mosaic.ilp.model`).
 """
 
 from __future__ import annotations
@@ -68,6 +71,7 @@ class IlpInstance:
     bucket_fixed: np.ndarray  # buckets x types: mean batch-independent seconds per request (a)
     decode_mean: np.ndarray  # experts x types: mean shared decode seconds (d) of its non-straggler requests
     latency_max: np.ndarray  # experts x types: seconds of the slowest request alone
+    decode_max: np.ndarray  # experts x types: largest shared decode seconds (d) of its requests
     bucket_latency: np.ndarray  # buckets x types: seconds of the bucket's slowest request alone
     load: np.ndarray  # experts x workers: load seconds (0 where resident)
     memory_need: np.ndarray  # experts x types: GB on the GPU (weights + runtime)
@@ -302,6 +306,7 @@ def build_instance(
     b_lat = np.array([lat[list(r)].max(axis=0) for r in b_ids]).reshape(-1, len(types))
     d_mean = _expert_decode(decode, b_expert, b_ids, b_strag, len(experts))
     lat_max = np.array([lat[groups[e]].max(axis=0) for e in experts]).reshape(-1, len(types))
+    dec_max = np.array([decode[groups[e]].max(axis=0) for e in experts]).reshape(-1, len(types))
     res = _resident(cluster, resident, experts)
     load = np.array([[0.0 if res.get(w) == e else costs.load_seconds(e, types[wtype[k]]) for k, w in enumerate(ids)]
                      for e in experts]).reshape(-1, len(ids))  # fmt: skip
@@ -317,7 +322,7 @@ def build_instance(
     allowed.flags.writeable = False
     return IlpInstance(
         experts, ids, types, wtype, tuple(b_expert), tuple(b_ids), tuple(b_strag), _frozen(b_sec), _frozen(b_fix),
-        _frozen(d_mean), _frozen(lat_max), _frozen(b_lat), _frozen(load), _frozen(need), tuple(cap.tolist()), allowed,
-        opt.placement is not None, caps, opt.coresident_memory, _frozen(full), _frozen(fixed),
-        _frozen(decode), _frozen(_caps(full, fixed, decode)), res, workload.aggregator.name,
+        _frozen(d_mean), _frozen(lat_max), _frozen(dec_max), _frozen(b_lat), _frozen(load), _frozen(need),
+        tuple(cap.tolist()), allowed, opt.placement is not None, caps, opt.coresident_memory, _frozen(full),
+        _frozen(fixed), _frozen(decode), _frozen(_caps(full, fixed, decode)), res, workload.aggregator.name,
     )  # fmt: skip

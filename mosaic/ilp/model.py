@@ -8,8 +8,11 @@ Indices: ``e`` expert, ``b`` bucket (of expert ``e(b)``), ``w`` worker position,
   continuous for large buckets, rounded at extraction: see :func:`integer_buckets`);
 - ``g[e, w]`` seconds of expert ``e``'s group on ``w`` (no load): at least its full-batch cost
   ``sum_b s[b, t] x[b, w]``, at least its under-filled cost ``sum_b a[b, t] x[b, w] + d_mean[e, t] y[e, w]``,
-  and at least the latency of every straggler (a one-request bucket) it runs, ``lat[b, t] x[b, w]`` (of a
-  pinned expert, R_max = 1: its slowest request's latency);
+  and at least the group's batch-independent seconds plus the decode steps of any straggler (a one-request
+  bucket ``b``) it runs, ``sum_{b' != b} a[b', t] x[b', w] + lat[b, t] x[b, w]`` (the straggler's steps are
+  shared with the rest of the group, which pays its own seconds meanwhile: ``CostModel.group_seconds``'
+  ``sum a + max d``; ``x[b, w]`` is 0 or 1, and at 0 this is implied by the under-filled cost). A pinned expert
+  (R_max = 1) runs all its requests in one group: ``sum_b a[b, t] x[b, w] + d_max[e, t] y[e, w]``;
 - ``C`` makespan.
 
 Constraints: every bucket covered (``sum_w x[b, w] = n_b``); a worker runs an expert's requests only where it is
@@ -109,12 +112,7 @@ def _group_constraints(prob: pulp.LpProblem, inst: IlpInstance, v: Variables, op
         y_terms, y_const = _y_terms(v, e, w, float(inst.decode_mean[e, t]))
         fill = [(v.x[b, w], -float(inst.bucket_fixed[b, t])) for b in buckets[e]]
         prob += _expr([(g, 1.0), *fill] + [(y, -c) for y, c in y_terms], -y_const) >= 0, f"fill_e{e}_w{w}"
-        if inst.r_max[e] == 1 and not inst.fixed:  # pinned: its one group holds its slowest request
-            y_lat, y_lat_const = _y_terms(v, e, w, float(inst.latency_max[e, t]))
-            prob += _expr([(g, 1.0)] + [(y, -c) for y, c in y_lat], -y_lat_const) >= 0, f"pin_e{e}_w{w}"
-        for b in buckets[e]:
-            if inst.straggler[b]:
-                prob += _expr([(g, 1.0), (v.x[b, w], -float(inst.bucket_latency[b, t]))]) >= 0, f"lat_b{b}_w{w}"
+        _straggler_constraints(prob, inst, v, e, w, buckets[e])
         if inst.fixed:
             if demand[e] >= int(inst.allowed[e].sum()):
                 prob += _expr(xs) >= 1, f"used_e{e}_w{w}"
@@ -124,6 +122,23 @@ def _group_constraints(prob: pulp.LpProblem, inst: IlpInstance, v: Variables, op
         if opt.upper_bound is not None:
             room = max(opt.upper_bound - float(inst.load[e, w]), 0.0)
             prob += _expr([(g, 1.0), (y, -room)]) <= 0, f"ub_e{e}_w{w}"
+
+
+def _straggler_constraints(
+    prob: pulp.LpProblem, inst: IlpInstance, v: Variables, e: int, w: int, buckets: list[int]
+) -> None:
+    """The group pays every request's own seconds ``a`` while its slowest request decodes: per straggler bucket
+    (and, for a pinned expert, its slowest decode), ``g >= sum_b a x + d`` of it."""
+    t, g = inst.worker_type[w], v.g[e, w]
+    fixed = {b: float(inst.bucket_fixed[b, t]) for b in buckets}
+    if inst.r_max[e] == 1 and not inst.fixed:  # pinned: its one group holds all its requests
+        y_dec, y_dec_const = _y_terms(v, e, w, float(inst.decode_max[e, t]))
+        terms = [(g, 1.0)] + [(v.x[b, w], -c) for b, c in fixed.items()] + [(y, -c) for y, c in y_dec]
+        prob += _expr(terms, -y_dec_const) >= 0, f"pin_e{e}_w{w}"
+    for b in buckets:
+        if inst.straggler[b]:
+            lat = {**fixed, b: float(inst.bucket_latency[b, t])}
+            prob += _expr([(g, 1.0)] + [(v.x[k, w], -c) for k, c in lat.items()]) >= 0, f"lat_b{b}_w{w}"
 
 
 def _worker_constraints(prob: pulp.LpProblem, inst: IlpInstance, v: Variables) -> None:

@@ -1,7 +1,7 @@
 """Local search after extraction, on the cost model's own (non-linear) group costs.
 
 The model prices a group with bucket means, a representative under-filled batch and exact straggler latencies;
-the cost model prices it as ``max(sum_i a_i + d_i / min(cap_i, n), max_i (a_i + d_i))`` over the group's actual
+the cost model prices it as ``sum_i a_i + max(sum_i d_i / min(cap_i, n), max_i d_i)`` over the group's actual
 requests. Where the two differ (small groups of mixed lengths, mostly), moving or swapping single requests
 between workers that already serve the same expert, or relocating a whole group to another worker, lowers the
 real makespan. No move adds a replica (R_max holds), breaks memory, or (fixed mode) changes the placement.
@@ -25,8 +25,7 @@ def group_cost(inst: IlpInstance, t: int, ids: np.ndarray) -> float:
     if len(ids) == 0:
         return 0.0
     a, d, cap = inst.request_fixed[ids, t], inst.request_decode[ids, t], inst.request_cap[ids, t]
-    work = float((a + d / np.minimum(cap, len(ids))).sum())
-    return max(work, float((a + d).max()))
+    return float(a.sum()) + max(float((d / np.minimum(cap, len(ids))).sum()), float(d.max()))
 
 
 class _State:

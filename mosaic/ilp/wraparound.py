@@ -46,10 +46,10 @@ class _Streams:
         inst, bs = self.inst, self.buckets[e]
         c = self.cum[e][j] - self.cum[e][i]
         full = float(inst.bucket_seconds[bs, t] @ c)
-        fill = float(inst.bucket_fixed[bs, t] @ c) + float(inst.decode_mean[e, t])
-        slow = max((float(inst.bucket_latency[b, t]) for b, k in zip(bs, c, strict=True)
+        own = float(inst.bucket_fixed[bs, t] @ c)
+        slow = max((float(inst.bucket_latency[b, t] - inst.bucket_fixed[b, t]) for b, k in zip(bs, c, strict=True)
                     if k and inst.straggler[b]), default=0.0)  # fmt: skip
-        return max(full, fill, slow)
+        return max(full, own + max(float(inst.decode_mean[e, t]), slow))
 
     def longest_fit(self, e: int, t: int, i: int, room: float) -> int:
         """Largest ``j`` with ``cost(i, j) <= room`` (``i`` when not even one request fits)."""

@@ -85,11 +85,18 @@ class CostModel(ABC):
         return np.array([self.request_seconds(r, gpu_type, batch) for r in requests], dtype=float)
 
     def group_seconds(self, requests: Sequence[Request], gpu_type: str) -> float:
-        """Estimated seconds for one worker to run ``requests`` of one expert with continuous batching
-        (no load): amortised work at the batch the group can fill, never below its slowest request."""
+        """Estimated seconds for one worker to run ``requests`` of one expert with continuous batching (no load):
+        the larger of the amortised work at the batch the group can fill and the slowest request's decode steps
+        shared with the rest (every request's own, batch-independent seconds plus the slowest one's shared steps).
+
+        The batch-independent part of a request is recovered from its costs at batch 1 and 2 (the shared part
+        halves from one to the other)."""
         if not requests:
             return 0.0
         mc = self.model_cost(requests[0].expert, gpu_type)
         batch = max(1, min(len(requests), mc.max_batch))
-        work = sum(self.request_seconds(r, gpu_type, batch) for r in requests)
-        return max(work, max(self.request_latency(r, gpu_type) for r in requests))
+        work = np.array([self.request_seconds(r, gpu_type, batch) for r in requests])
+        alone = np.array([self.request_latency(r, gpu_type) for r in requests])
+        pair = np.array([self.request_seconds(r, gpu_type, 2) for r in requests])
+        own = np.clip(2.0 * pair - alone, 0.0, work)
+        return float(max(work.sum(), own.sum() + (alone - own).max()))

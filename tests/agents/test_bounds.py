@@ -25,6 +25,7 @@ from mosaic.core.types import Cluster, plan_from_order
 LAT = (0.04 + 100 * 0.022, 0.043 + 107 * 0.022)
 AT_MAX4 = (0.04 + 100 * 0.007, 0.043 + 107 * 0.007)
 AT_B2 = (0.04 + 100 * 0.012, 0.043 + 107 * 0.012)
+OWN = (0.04 + 100 * 0.002, 0.043 + 107 * 0.002)  # batch-independent part: prefill + per-sequence step share
 
 
 @pytest.fixture
@@ -37,7 +38,9 @@ def test_worker_times_load_plus_group_seconds(toy, two_e0):
     wl, costs = two_e0
     cluster = toy.cluster(["fast", "fast"])
     together = order_worker_times({0: [0, 1]}, wl, costs, cluster)
-    assert together[0] == pytest.approx(10 + max(sum(AT_B2), max(LAT)))
+    # the slowest request's shared steps (107 x 0.02 s) plus every request's own seconds beat the amortised work
+    assert together[0] == pytest.approx(10 + max(sum(AT_B2), sum(OWN) + 107 * 0.02))
+    assert together[0] == pytest.approx(12.637)
     assert together[1] == 0.0  # idle workers are listed with 0
     apart = order_worker_times({0: [0], 1: [1]}, wl, costs, cluster)
     assert apart == pytest.approx({0: 10 + LAT[0], 1: 10 + LAT[1]})
