@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from itertools import groupby
 
 from mosaic.core.errors import PlanError
-from mosaic.core.types import Cluster, Request, Workload
+from mosaic.core.types import Cluster, Request, Workload, requests_by_expert  # noqa: F401  (re-exported)
 
 
 def worker_gpus(cluster: Cluster) -> dict[int, str]:
@@ -38,20 +38,6 @@ def normalize_resident(cluster: Cluster, resident: Mapping[int, str | None] | No
     if unknown:
         raise PlanError(f"resident map names workers {unknown} that are not in the cluster {list(cluster.ids)}")
     return {w: e for w, e in resident.items() if e is not None}
-
-
-def requests_by_expert(workload: Workload) -> dict[str, list[int]]:
-    """Expert name -> its request ids in id (query) order, for experts with at least one request.
-
-    Experts come in the order of ``workload.experts``; an expert only the requests name (e.g. the
-    aggregator when it is not listed) follows, in order of first appearance.
-    """
-    groups: dict[str, list[int]] = {}
-    for r in workload.requests:
-        groups.setdefault(r.expert, []).append(r.id)
-    ordered = {e.name: groups[e.name] for e in workload.experts if e.name in groups}
-    ordered.update((e, ids) for e, ids in groups.items() if e not in ordered)
-    return ordered
 
 
 def resident_first(experts: Sequence[str], resident: str | None) -> list[str]:

@@ -178,13 +178,16 @@ class Plan:
                 out.setdefault(e, []).append(w)
         return {e: tuple(ws) for e, ws in out.items()}
 
+    def require_workers(self, cluster: Cluster) -> None:
+        """Raise :class:`PlanError` if the plan names a worker that ``cluster`` does not have."""
+        unknown = sorted((set(self.order) | set(self.placement)) - set(cluster.ids))
+        if unknown:
+            raise PlanError(f"plan {self.scheduler!r} uses unknown workers {unknown} that are not in the cluster")
+
     def validate(self, workload: Workload, cluster: Cluster) -> None:
         """Raise :class:`PlanError` unless every request runs exactly once on a known worker and
         ``placement`` matches the expert sequence implied by ``order``."""
-        ids = set(cluster.ids)
-        unknown = (set(self.order) | set(self.placement)) - ids
-        if unknown:
-            raise PlanError(f"plan {self.scheduler!r} uses unknown workers {sorted(unknown)}")
+        self.require_workers(cluster)
         seen: set[int] = set()
         n = len(workload.requests)
         for w, reqs in self.order.items():
@@ -204,6 +207,20 @@ class Plan:
         if len(seen) != n:
             missing = sorted(set(range(n)) - seen)[:5]
             raise PlanError(f"plan {self.scheduler!r}: {n - len(seen)} requests unassigned, e.g. {missing}")
+
+
+def requests_by_expert(workload: Workload) -> dict[str, list[int]]:
+    """Expert name -> its request ids in id (query) order, for experts with at least one request.
+
+    Experts come in the order of ``workload.experts``; an expert only the requests name (e.g. the
+    aggregator when it is not listed) follows, in order of first appearance.
+    """
+    groups: dict[str, list[int]] = {}
+    for r in workload.requests:
+        groups.setdefault(r.expert, []).append(r.id)
+    ordered = {e.name: groups[e.name] for e in workload.experts if e.name in groups}
+    ordered.update((e, ids) for e, ids in groups.items() if e not in ordered)
+    return ordered
 
 
 def serving_sequence(workload: Workload, request_ids: tuple[int, ...]) -> tuple[str, ...]:

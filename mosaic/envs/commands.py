@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mosaic.core.config import RunConfig, TrackingCfg, load_config
-from mosaic.core.errors import ConfigError, MosaicError
+from mosaic.core.errors import ConfigError
 
 console = Console()
 ALGOS = ("ppo", "maskable-ppo", "dqn")  # as mosaic.envs.training.ALGOS (kept here: no heavy import for --help)
@@ -257,15 +257,10 @@ def threshold_table(rows: Sequence[Any], title: str) -> Table:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run these commands without the main CLI (``python -m mosaic.envs.commands train ...``)."""
-    parser = argparse.ArgumentParser(prog="mosaic")
-    register_cli(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except MosaicError as err:
-        console.print(f"[bold red]error:[/bold red] {err}")
-        return 2
+    """``python -m mosaic.envs.commands train ...``: the main CLI, which registers these commands."""
+    from mosaic.cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from mosaic.core.errors import ConfigError, PlanError
-from mosaic.core.types import Cluster, Request, Workload
+from mosaic.core.types import Cluster, Request, Workload, requests_by_expert
 from mosaic.ilp.replication import replication_caps
 from mosaic.predictors.interface import CostModel
 
@@ -155,16 +155,6 @@ def predicted_lengths(costs: CostModel, workload: Workload) -> np.ndarray:
                        count=len(workload.requests))  # fmt: skip
 
 
-def _groups(workload: Workload) -> dict[str, list[int]]:
-    """Expert -> request ids, experts in workload order (then any expert only the requests name)."""
-    groups: dict[str, list[int]] = {}
-    for r in workload.requests:
-        groups.setdefault(r.expert, []).append(r.id)
-    ordered = {e.name: groups[e.name] for e in workload.experts if e.name in groups}
-    ordered.update((e, ids) for e, ids in groups.items() if e not in ordered)
-    return ordered
-
-
 def _workers(cluster: Cluster) -> tuple[tuple[int, ...], tuple[str, ...], tuple[int, ...]]:
     ids = tuple(w.id for w in cluster.workers)
     if not ids:
@@ -291,7 +281,7 @@ def build_instance(
     fits no worker or a fixed placement misses an expert."""
     opt = options or InstanceOptions()
     ids, types, wtype = _workers(cluster)
-    groups = _groups(workload)
+    groups = requests_by_expert(workload)
     experts = tuple(groups)
     reqs = workload.requests
     full, fixed, decode = (np.zeros((len(reqs), len(types))) for _ in range(3))

@@ -18,7 +18,7 @@ from typing import Any
 
 from mosaic.core.types import Responses
 from mosaic.runtime.registry import BACKENDS
-from mosaic.runtime.vllm_backend import EngineError, VllmBackend, worker_env
+from mosaic.runtime.vllm_backend import EngineError, VllmBackend, backend_from_config, worker_env
 
 _ACTOR_CLASS: Any = None
 
@@ -149,9 +149,7 @@ class RayBackend(VllmBackend):
 
 def make_ray_backend(cfg: Any, responses: Responses, costs: Any) -> RayBackend:
     """BACKENDS factory (same model resolution as ``vllm``)."""
-    runtime = getattr(cfg, "runtime", None)
-    return RayBackend(None, cfg, seed=int(getattr(cfg, "seed", 0) or 0),
-                      co_resident=bool(getattr(runtime, "co_resident", False)))  # fmt: skip
+    return backend_from_config(RayBackend, cfg)
 
 
 BACKENDS.register("ray", help="vLLM engine workers as Ray actors (one per GPU; a Ray cluster runs one plan)")(

@@ -95,9 +95,7 @@ class SimBackend(Backend):
         resident: Mapping[int, str | None] | None = None,
     ) -> StageResult:
         """Simulate every worker of ``plan`` from ``start`` with ``resident`` loaded; records go to ``trace``."""
-        unknown = sorted(set(plan.order) - set(cluster.ids))
-        if unknown:
-            raise PlanError(f"plan {plan.scheduler!r} uses workers {unknown} that are not in the cluster")
+        plan.require_workers(cluster)
         resident = resident or {}
         seen: dict[tuple[int, str], Response] = {}
         ends, res, busy, loading = {}, {}, {}, {}

