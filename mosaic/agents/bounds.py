@@ -12,6 +12,7 @@ teardown out (0 is a valid floor on it).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -25,15 +26,16 @@ from mosaic.predictors.interface import CostModel
 
 @dataclass(frozen=True, slots=True)
 class BoundTerms:
-    """The two terms of the lower bound, in seconds."""
+    """The terms of the lower bound, in seconds."""
 
     work_s: float  # (unavoidable loads + cheapest cost of every request) / number of workers
     chain_s: float  # longest single request alone, plus its expert's load unless resident
+    placement_s: float = 0.0  # the placement relaxation (whole loads, divisible requests); 0 when not computed
 
     @property
     def value(self) -> float:
-        """The lower bound: the larger term."""
-        return max(self.work_s, self.chain_s)
+        """The lower bound: the largest term."""
+        return max(self.work_s, self.chain_s, self.placement_s)
 
 
 def min_seconds_array(costs: CostModel, requests: Sequence[Request], gpu_type: str) -> np.ndarray:
@@ -73,9 +75,14 @@ def load_offsets(
 
 
 def bound_terms(
-    workload: Workload, costs: CostModel, cluster: Cluster, resident: Mapping[int, str | None] | None = None
+    workload: Workload,
+    costs: CostModel,
+    cluster: Cluster,
+    resident: Mapping[int, str | None] | None = None,
+    placement: bool = True,
 ) -> BoundTerms:
-    """Both terms of :func:`lower_bound` (heterogeneous GPUs: the cheapest GPU type per item)."""
+    """The terms of :func:`lower_bound` (heterogeneous GPUs: the cheapest GPU type per item); ``placement=False``
+    skips the placement relaxation (a MIP: up to its time limit; for callers that need the bound often)."""
     n_workers = len(worker_gpus(cluster))
     groups = requests_by_expert(workload)
     if not groups:
@@ -96,13 +103,28 @@ def bound_terms(
         if group_floor is not None and len(types) == 1:  # KV-cache-aware floor (one GPU type: no split to price)
             kv_work += group_floor(group, types[0])
     work = max(work, kv_work)
-    return BoundTerms(float(loads + work) / n_workers, chain)
+    place = _placement_term(workload, costs, cluster, resident, chain) if placement else 0.0
+    return BoundTerms(float(loads + work) / n_workers, chain, place)
+
+
+def _placement_term(
+    workload: Workload, costs: CostModel, cluster: Cluster, resident: Mapping[int, str | None] | None, chain: float
+) -> float:
+    """:func:`mosaic.ilp.relaxation.placement_bound`, 0 where it is not computed (imported here: PuLP is heavy)."""
+    from mosaic.ilp.relaxation import placement_bound
+
+    value = placement_bound(workload, costs, cluster, resident, chain=chain)
+    return 0.0 if math.isnan(value) else value
 
 
 def lower_bound(
-    workload: Workload, costs: CostModel, cluster: Cluster, resident: Mapping[int, str | None] | None = None
+    workload: Workload,
+    costs: CostModel,
+    cluster: Cluster,
+    resident: Mapping[int, str | None] | None = None,
+    placement: bool = True,
 ) -> float:
-    """Seconds no plan of this stage can beat (0 for a workload without requests): the larger of
+    """Seconds no plan of this stage can beat (0 for a workload without requests): the largest of
 
     - work: (sum over experts with requests of its cheapest load, 0 if resident on some worker, plus the
       sum over requests of its cheapest cost, ``min_request_seconds``, or, with one GPU type and a cost model
@@ -111,10 +133,14 @@ def lower_bound(
     - chain: max over requests of min over workers of (its expert's load unless resident there, plus
       its ``request_latency``).
 
+    - placement (one GPU type, ``placement=True``): the placement relaxation of :mod:`mosaic.ilp.relaxation`,
+      which counts every load whole on the worker that makes it (requests divisible) and the slowest
+      request's decode steps on the worker that runs it.
+
     Heterogeneous GPUs: each item at its cheapest GPU type. Teardown of replaced experts (``unload_s``) is
     left out: a worker with nothing resident loads without it, so 0 is a valid floor.
     """
-    return bound_terms(workload, costs, cluster, resident).value
+    return bound_terms(workload, costs, cluster, resident, placement).value
 
 
 def order_worker_times(
@@ -194,5 +220,6 @@ def plan_with_estimates(
     makespan = max(order_worker_times(draft.order, workload, costs, cluster, res).values())
     terms = bound_terms(workload, costs, cluster, res)
     all_stats: dict[str, float | int | str] = {**plan_stats(draft, res), "lb_work_s": terms.work_s,
-                                               "lb_chain_s": terms.chain_s, **(stats or {})}  # fmt: skip
+                                               "lb_chain_s": terms.chain_s, "lb_placement_s": terms.placement_s,
+                                               **(stats or {})}  # fmt: skip
     return replace(draft, predicted_makespan=makespan, lower_bound=terms.value, stats=all_stats)

@@ -113,7 +113,8 @@ class Prepared:
         self.load_s = np.zeros(n_slots)
         for e, i in self.slot.items():
             self.load_s[i] = inst.costs.load_seconds(e, gpu)
-        self.ref = max(lower_bound(wl, inst.costs, inst.cluster, inst.resident), 1e-9)  # seconds, normaliser
+        # seconds, normaliser (the cheap terms only: the placement relaxation is a MIP, too slow per reset)
+        self.ref = max(lower_bound(wl, inst.costs, inst.cluster, inst.resident, placement=False), 1e-9)
         self.backend = SimBackend(inst.responses, inst.costs, inst.max_batch)
         self.sim_requests = self.backend.sim_requests(wl, tuple(range(len(reqs))))
         by_pred = np.argsort(-self.pred_s, kind="stable")

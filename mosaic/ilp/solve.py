@@ -182,6 +182,15 @@ def solve_lp_relaxation(prob: pulp.LpProblem, opt: SolveOptions, tie_slack: floa
     return float(pulp.value(prob.objective)) - tie_slack, seconds, False
 
 
+def mip_dual_bound(prob: pulp.LpProblem, time_limit_s: float, gap_rel: float = 1e-4) -> float:
+    """HiGHS's dual bound on the optimal objective of ``prob`` (a minimisation) after at most ``time_limit_s``:
+    a valid lower bound whether or not the search finished; ``nan`` when the solver has none."""
+    solver = _WarmHiGHS(mip=True, msg=False, timeLimit=time_limit_s, gapRel=gap_rel)
+    prob.solve(solver)
+    bound = solver.figures.get("dual_bound", math.nan)
+    return bound if math.isfinite(bound) else math.nan
+
+
 def _within_gap(start_makespan: float, bound: float, gap_rel: float) -> bool:
     return not math.isnan(bound) and start_makespan - bound <= gap_rel * max(start_makespan, 1e-12)
 

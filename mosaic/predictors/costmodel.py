@@ -213,6 +213,16 @@ class ProfiledCostModel(CostModel):
         steps = max(float((shared / a.max_batch[idx]).sum()), float((shared * a.kv_share[idx]).sum()))
         return float(self._checked(a.fixed[idx], idx, gpu_type).sum()) + steps
 
+    def floor_terms(self, requests: Sequence[Request], gpu_type: str) -> tuple[np.ndarray, ...]:
+        """Per request, the pieces of :meth:`min_group_seconds`: batch-independent seconds ``a``, decode seconds
+        ``d`` at batch one, ``1 / max_batch`` and the KV share (its reservation over the capacity, at most 1).
+        Any group of one expert on one worker takes at least ``sum a + max(sum d / max_batch, sum d x share,
+        max d)``."""
+        idx = self._indices(requests)
+        a = self._arrays(gpu_type)
+        fixed = self._checked(a.fixed[idx], idx, gpu_type)
+        return fixed, a.decode_base[idx], 1.0 / a.max_batch[idx], a.kv_share[idx]
+
     def group_seconds(self, requests: Sequence[Request], gpu_type: str) -> float:
         """Seconds for one worker to run ``requests`` (one expert) longest first: every request's
         batch-independent seconds plus the shared decode steps, at least the amortised steps at the batch the

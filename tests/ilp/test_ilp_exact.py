@@ -18,8 +18,10 @@ import pulp
 import pytest
 
 from mosaic.agents import order_worker_times
+from mosaic.agents.bounds import bound_terms
 from mosaic.agents.ilp_scheduler import MosaicIlpScheduler
 from mosaic.core.types import Cluster, Expert, ExpertKind, Query, Request, Worker, Workload
+from mosaic.ilp.relaxation import placement_bound
 from mosaic.predictors.interface import CostModel, ModelCost
 
 
@@ -159,3 +161,34 @@ def test_highs_and_cbc_agree_on_a_medium_instance():
     assert plans["highs"].stats["ilp_solver"] == "highs" and plans["cbc"].stats["ilp_solver"] == "cbc"
     spans = [p.stats["ilp_makespan_s"] for p in plans.values()]
     assert spans[0] == pytest.approx(spans[1], rel=1e-6, abs=1e-2)
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13, 14])
+def test_placement_bound_is_valid_and_tighter_than_the_work_bound(seed):
+    wl, costs, cluster = random_instance(seed, n_queries=6, n_experts=3, gpus=("fast",) * 3)
+    optimum = subset_dp(wl, costs, len(cluster))
+    terms = bound_terms(wl, costs, cluster)
+    assert terms.placement_s <= optimum + 1e-6
+    assert terms.value == max(terms.work_s, terms.chain_s, terms.placement_s)
+    assert bound_terms(wl, costs, cluster, placement=False).placement_s == 0.0
+
+
+def test_placement_bound_counts_whole_loads():
+    """Three experts of one request each, loads of 10 s, two workers: one worker loads two experts, so no plan
+    beats 20 s plus two requests; the work bound spreads the loads (15 s plus half the work), the chain bound
+    counts one load. The relaxation finds the optimum here."""
+    wl = stage([("e0",), ("e1",), ("e2",)], ["e0", "e1", "e2"])
+    costs = ExactCosts(wl, dict.fromkeys(("e0", "e1", "e2"), 10.0), dict.fromkeys(("e0", "e1", "e2"), 0.5))
+    cluster = Cluster(tuple(Worker(i, "fast", 80.0) for i in range(2)))
+    optimum = subset_dp(wl, costs, 2)
+    terms = bound_terms(wl, costs, cluster)
+    assert terms.placement_s > max(terms.work_s, terms.chain_s) + 2.0
+    assert terms.placement_s == pytest.approx(optimum, rel=1e-4)
+
+
+def test_placement_bound_only_for_one_gpu_type_and_small_instances():
+    wl, costs, cluster = random_instance(1, n_queries=4, n_experts=3, gpus=("fast", "slow"))
+    assert math.isnan(placement_bound(wl, costs, cluster))
+    wl, costs, cluster = random_instance(1, n_queries=4, n_experts=3, gpus=("fast",) * 2)
+    assert math.isnan(placement_bound(wl, costs, cluster, max_pairs=5))
+    assert placement_bound(wl, costs, cluster) > 0
