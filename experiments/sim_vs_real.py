@@ -40,6 +40,7 @@ class Args:
     schedulers: str = "round-robin,greedy-lpt"  # comma-separated
     profile: str | None = None  # cost profile file (default: the config's costs.profile)
     reprofile: bool = False  # measure the profile even when the file exists
+    alone: bool = False  # profile one engine alone (default: one per worker at once, as in a run)
     models_dir: str = "models"  # where missing tiny models are built
     out: str = "runs/sim_vs_real"  # traces and the error table (JSON)
 
@@ -61,8 +62,9 @@ def ensure_tiny_models(models_dir: str, paths: list[str]) -> None:
         make_tiny_set(models_dir, tuple(missing))
 
 
-def build_profile(cfg, workload, out: str, console: Console) -> CostProfile:
-    """Profile each distinct model once (bound like worker 0 of the cluster); every expert using it shares it."""
+def build_profile(cfg, workload, out: str, console: Console, concurrent: bool = True) -> CostProfile:
+    """Profile each distinct model once, as many engines at once as the cluster has workers (``concurrent``; else
+    one engine bound like worker 0); every expert using the model shares its profile."""
     specs = resolve_models(workload, cfg)
     by_path: dict[str, list[str]] = {}
     for name, spec in specs.items():
@@ -72,7 +74,16 @@ def build_profile(cfg, workload, out: str, console: Console) -> CostProfile:
         spec = cpu_defaults(specs[names[0]]) if detect_device() == "cpu" else specs[names[0]]
         engine = {"dtype": spec.dtype, "max_num_seqs": spec.max_num_seqs, "max_model_len": spec.max_model_len}
         t = time.perf_counter()
-        prof = profile_model(path, cfg.cluster.gpu_type, names[0], None, None, engine, cfg.cluster.workers)
+        prof = profile_model(
+            path,
+            cfg.cluster.gpu_type,
+            names[0],
+            None,
+            None,
+            engine,
+            cfg.cluster.workers,
+            concurrent=cfg.cluster.workers if concurrent else 1,
+        )
         console.print(f"profiled {path} ({', '.join(names)}) in {time.perf_counter() - t:.0f} s")
         for n in names:
             table[n] = prof.get(names[0], cfg.cluster.gpu_type)
@@ -91,7 +102,7 @@ def main() -> None:
     workload, _ = build_workload(cfg, np.random.default_rng(cfg.seed))  # models and names only
     ensure_tiny_models(args.models_dir, [e.model_id for e in (*workload.experts, workload.aggregator)])
     if args.reprofile or not Path(profile_path).is_file():
-        build_profile(cfg, workload, profile_path, console)
+        build_profile(cfg, workload, profile_path, console, concurrent=not args.alone)
     exp = prepare(cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

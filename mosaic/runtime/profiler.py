@@ -211,6 +211,28 @@ def profile_engine(expert: str, spec: Mapping[str, Any], options: Mapping[str, A
     return {"cost": asdict(cost), "meta": meta}
 
 
+def pool_measurements(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """One profile from the measurements of several engines run at once (:func:`profile_engine` results): load and
+    teardown the medians of every start and free, prefill the median rate, the decode step refitted on every
+    engine's points; the rest from the first. One result is returned as it is."""
+    if len(results) == 1:
+        return dict(results[0])
+    if not results:
+        raise ProfileError("no profile measurements to pool")
+    metas = [r["meta"] for r in results]
+    loads = [x for m in metas for x in m["load_s"]]
+    frees = [x for m in metas for x in m["free_s"]]
+    points = [tuple(p) for m in metas for p in m["decode_points"]]
+    base, per_seq, per_kv = fit_step(points)
+    load, free = statistics.median(loads), statistics.median(frees)
+    prefill = statistics.median(float(r["cost"]["prefill_tps"]) for r in results)
+    cost = {**results[0]["cost"], "load_s": load, "unload_s": free, "prefill_tps": prefill, "step_base_s": base,
+            "step_per_seq_s": per_seq, "step_per_kv_token_s": per_kv}  # fmt: skip
+    meta = {**metas[0], "engine_start_s": load, "unload_s": free, "load_s": loads, "free_s": frees,
+            "decode_points": [list(p) for p in points], "concurrent_engines": len(results)}  # fmt: skip
+    return {"cost": cost, "meta": meta}
+
+
 def split_unload(profile: CostProfile, gpu_type: str) -> tuple[CostProfile, dict[str, float]]:
     """(the profile without teardown: ``load_s`` = engine start only and ``unload_s`` = 0, expert -> teardown
     seconds). Teardown is the entry's ``unload_s``; for an older profile (``unload_s`` 0, a share of the teardown
@@ -241,22 +263,32 @@ def profile_model(
     engine: Mapping[str, Any] | None = None,
     workers: int = 1,
     python: str | None = None,
+    concurrent: int = 1,
 ) -> CostProfile:
     """Profile the model folder ``path`` as expert ``name`` (default: the folder name) on ``gpu_type`` in a fresh
-    engine worker (bound like worker 0 of ``workers``); merged into ``out`` when that file exists, then written."""
+    engine worker (bound like worker 0 of ``workers``); merged into ``out`` when that file exists, then written.
+
+    ``concurrent`` > 1 measures that many engines at once, bound like workers 0, 1, ... of ``workers``, and pools
+    their measurements (:func:`pool_measurements`): the costs of a run in which the workers share the machine
+    (on a CPU: memory bandwidth, the driver process, simultaneous engine starts), not of one engine alone."""
     from mosaic.runtime.engine_spec import ModelSpec
     from mosaic.runtime.vllm_backend import VllmBackend
 
     expert = name or Path(path).name
     ProfileOptions.from_mapping(options or {})  # fail before starting an engine
+    if not 1 <= concurrent <= max(workers, 1):
+        raise ProfileError(f"profile: concurrent must be between 1 and workers ({workers}), got {concurrent}")
     spec = ModelSpec(path=path, **dict(engine or {}))
     backend = VllmBackend({expert: spec}, python=python)
+    ids = list(range(concurrent))
     try:
-        backend.spawn([0], total=workers)
-        ev = backend.request(0, {"cmd": "profile", "expert": expert, "spec": spec.engine_dict(0),
-                                 "options": dict(options or {})}, "profile")  # fmt: skip
+        backend.spawn(ids, total=workers)
+        cmds = {i: {"cmd": "profile", "expert": expert, "spec": spec.engine_dict(i), "options": dict(options or {})}
+                for i in ids}  # fmt: skip
+        events = backend.request_all(cmds, "profile")
     finally:
         backend.close()
+    ev = pool_measurements([events[i] for i in ids])
     cost = ModelCost(**ev["cost"])
     meta = {"source": "mosaic profile", f"{expert}@{gpu_type}": ev["meta"]}
     profile = CostProfile({gpu_type: {expert: cost}}, meta)
@@ -268,4 +300,12 @@ def profile_model(
     return profile
 
 
-__all__ = ["ProfileOptions", "fit_step", "profile_engine", "profile_model", "split_unload", "summarise"]
+__all__ = [
+    "ProfileOptions",
+    "fit_step",
+    "pool_measurements",
+    "profile_engine",
+    "profile_model",
+    "split_unload",
+    "summarise",
+]

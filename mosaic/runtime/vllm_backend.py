@@ -250,11 +250,19 @@ class VllmBackend(Backend):
 
     def request(self, wid: int, cmd: Mapping[str, Any], kind: str) -> dict:
         """Send ``cmd`` to worker ``wid`` and wait for its event ``kind`` (errors raise :class:`EngineError`)."""
-        self.workers[wid].send(cmd)
-        while True:
-            w, ev = self._next_event({wid: cmd.get("expert")})
-            if w == wid and ev["event"] == kind:
-                return ev
+        return self.request_all({wid: cmd}, kind)[wid]
+
+    def request_all(self, cmds: Mapping[int, Mapping[str, Any]], kind: str) -> dict[int, dict]:
+        """Send each worker its command at once, then wait until every one has answered with event ``kind``."""
+        for wid, cmd in cmds.items():
+            self.workers[wid].send(cmd)
+        experts = {wid: cmd.get("expert") for wid, cmd in cmds.items()}
+        out: dict[int, dict] = {}
+        while len(out) < len(cmds):
+            w, ev = self._next_event(experts)
+            if w in cmds and ev["event"] == kind:
+                out[w] = ev
+        return out
 
     def worker_pids(self) -> dict[int, int]:
         return {w: h.pid for w, h in self.workers.items() if getattr(h, "pid", None)}

@@ -10,7 +10,7 @@ import pytest
 from mosaic.core.errors import ProfileError
 from mosaic.predictors.interface import ModelCost
 from mosaic.predictors.profile import CostProfile
-from mosaic.runtime.profiler import ProfileOptions, fit_step, split_unload, summarise
+from mosaic.runtime.profiler import ProfileOptions, fit_step, pool_measurements, split_unload, summarise
 
 
 def test_fit_recovers_a_linear_step_model():
@@ -67,3 +67,27 @@ def test_shipped_cpu_profile_has_teardown_apart_from_load():
     for e in profile.experts:
         mc, m = profile.get(e, "cpu"), profile.meta[f"{e}@cpu"]
         assert (mc.load_s, mc.unload_s) == (m["engine_start_s"], m["unload_s"])
+
+
+def _measured(load: list[float], free: list[float], prefill: float, step: tuple[float, float, float]) -> dict:
+    """A profile_engine result whose decode points follow ``step`` exactly."""
+    base, per_seq, per_kv = step
+    points = [[b, kv, base + per_seq * b + per_kv * kv] for b in (1, 4, 16) for kv in (50.0 * b, 400.0 * b)]
+    cost = {"load_s": load[0], "prefill_tps": prefill, "step_base_s": base, "step_per_seq_s": per_seq,
+            "step_per_kv_token_s": per_kv, "memory_gb": 1.0, "max_batch": 16, "kv_capacity_tokens": 4096,
+            "unload_s": free[0]}  # fmt: skip
+    return {"cost": cost, "meta": {"path": "m", "load_s": load, "free_s": free, "decode_points": points}}
+
+
+def test_pooling_concurrent_engines_takes_medians_and_refits_the_step():
+    alone = _measured([1.0, 1.2, 1.1], [0.9, 1.0, 1.1], 5000.0, (0.002, 1e-4, 1e-7))
+    busy = _measured([1.6, 1.7, 1.5], [1.0, 1.2, 1.1], 4000.0, (0.003, 1e-4, 1e-7))
+    pooled = pool_measurements([alone, busy])
+    cost = ModelCost(**pooled["cost"])
+    assert cost.load_s == pytest.approx(1.35) and cost.unload_s == pytest.approx(1.05)
+    assert cost.prefill_tps == pytest.approx(4500.0)
+    assert 0.002 < cost.step_base_s < 0.003 and cost.max_batch == 16
+    assert pooled["meta"]["concurrent_engines"] == 2 and len(pooled["meta"]["decode_points"]) == 12
+    assert pool_measurements([alone]) == alone
+    with pytest.raises(ProfileError, match="no profile measurements"):
+        pool_measurements([])
