@@ -40,7 +40,7 @@ class Args:
     schedulers: str = "round-robin,greedy-lpt"  # comma-separated
     profile: str | None = None  # cost profile file (default: the config's costs.profile)
     reprofile: bool = False  # measure the profile even when the file exists
-    alone: bool = False  # profile one engine alone (default: one per worker at once, as in a run)
+    alone: bool = False  # profile one engine alone (default: 1, 2, ... engines at once up to one per worker)
     models_dir: str = "models"  # where missing tiny models are built
     out: str = "runs/sim_vs_real"  # traces and the error table (JSON)
 
@@ -63,8 +63,8 @@ def ensure_tiny_models(models_dir: str, paths: list[str]) -> None:
 
 
 def build_profile(cfg, workload, out: str, console: Console, concurrent: bool = True) -> CostProfile:
-    """Profile each distinct model once, as many engines at once as the cluster has workers (``concurrent``; else
-    one engine bound like worker 0); every expert using the model shares its profile."""
+    """Profile each distinct model once: at every concurrency from one engine alone to one per worker, averaged
+    (``concurrent``; else one engine bound like worker 0); every expert using the model shares its profile."""
     specs = resolve_models(workload, cfg)
     by_path: dict[str, list[str]] = {}
     for name, spec in specs.items():
@@ -82,7 +82,7 @@ def build_profile(cfg, workload, out: str, console: Console, concurrent: bool = 
             None,
             engine,
             cfg.cluster.workers,
-            concurrent=cfg.cluster.workers if concurrent else 1,
+            concurrency=tuple(range(1, cfg.cluster.workers + 1)) if concurrent else (1,),
         )
         console.print(f"profiled {path} ({', '.join(names)}) in {time.perf_counter() - t:.0f} s")
         for n in names:

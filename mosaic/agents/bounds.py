@@ -13,6 +13,7 @@ teardown out (0 is a valid floor on it).
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
@@ -107,14 +108,29 @@ def bound_terms(
     return BoundTerms(float(loads + work) / n_workers, chain, place)
 
 
+_PLACEMENT_MEMO: OrderedDict[tuple, tuple[Workload, CostModel, float]] = OrderedDict()
+_MEMO_SIZE = 16
+
+
 def _placement_term(
     workload: Workload, costs: CostModel, cluster: Cluster, resident: Mapping[int, str | None] | None, chain: float
 ) -> float:
-    """:func:`mosaic.ilp.relaxation.placement_bound`, 0 where it is not computed (imported here: PuLP is heavy)."""
+    """:func:`mosaic.ilp.relaxation.placement_bound`, 0 where it is not computed (imported here: PuLP is heavy).
+
+    Memoised for the last few stages (by the identity of the workload and cost model, which the memo keeps alive,
+    and the cluster and resident experts): every scheduler compared on one stage gets the bound of one solve."""
     from mosaic.ilp.relaxation import placement_bound
 
+    key = (id(workload), id(costs), cluster, tuple(sorted(normalize_resident(cluster, resident).items())), chain)
+    if key in _PLACEMENT_MEMO:
+        _PLACEMENT_MEMO.move_to_end(key)
+        return _PLACEMENT_MEMO[key][2]
     value = placement_bound(workload, costs, cluster, resident, chain=chain)
-    return 0.0 if math.isnan(value) else value
+    value = 0.0 if math.isnan(value) else value
+    _PLACEMENT_MEMO[key] = (workload, costs, value)
+    while len(_PLACEMENT_MEMO) > _MEMO_SIZE:
+        _PLACEMENT_MEMO.popitem(last=False)
+    return value
 
 
 def lower_bound(

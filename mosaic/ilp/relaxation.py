@@ -21,8 +21,9 @@ reservations fit the KV cache, and the slowest request's own decode steps are st
 these constraints, so the solver's dual bound (valid even when a time limit stops it) is a lower bound on every
 plan's makespan under the cost model. Teardown (``unload_s``) and memory are left out (both only add time).
 
-One GPU type only (requests are not divisible across types in one measure); ``nan`` otherwise, or when the instance
-has more than ``max_pairs`` (expert, worker) pairs (the LP relaxation of a big instance is the work bound anyway).
+One GPU type only (requests are not divisible across types in one measure); ``nan`` otherwise, when the instance
+has more than ``max_pairs`` (expert, worker) pairs (the LP relaxation of a big instance is the work bound anyway), or
+when every expert is resident wherever it may run (no load to count).
 """
 
 from __future__ import annotations
@@ -100,6 +101,8 @@ def placement_bound(
     res = {w: e for w, e in (resident or {}).items() if e is not None}
     loads = {(e, w.id): 0.0 if res.get(w.id) == e else costs.load_seconds(e, gpu)
              for e in groups for w in cluster.workers}  # fmt: skip
+    if not any(v > 0 for v in loads.values()):
+        return math.nan  # nothing to load: whole loads add nothing to the work and chain bounds
     prob = _problem(floors, loads, [w.id for w in cluster.workers], set(res), chain)
     return mip_dual_bound(prob, time_limit_s)
 

@@ -44,7 +44,15 @@ def cmd_profile(args: argparse.Namespace) -> int:
                                 ("max_model_len", args.max_model_len)) if v is not None}  # fmt: skip
     name = args.name or Path(args.model).name
     prof = profile_model(
-        args.model, args.gpu_type, name, args.out, options, engine, args.workers, args.python, args.concurrent
+        args.model,
+        args.gpu_type,
+        name,
+        args.out,
+        options,
+        engine,
+        args.workers,
+        args.python,
+        tuple(args.concurrency or (1,)),
     )
     mc = prof.get(name, args.gpu_type)
     _print(
@@ -68,9 +76,9 @@ def _add_profile(sub: Any) -> None:
     p.add_argument("--max-num-seqs", type=int, help="engine max batch (profile max_batch)")
     p.add_argument("--max-model-len", type=int)
     p.add_argument("--workers", type=int, default=1, help="bind like worker 0 of this many (CPU cores split)")
-    p.add_argument("--concurrent", type=int, default=1,
-                   help="measure this many engines at once (workers 0, 1, ...) and pool them: the costs of a run "
-                        "whose workers share the machine (default 1: one engine alone)")  # fmt: skip
+    p.add_argument("--concurrency", type=_ints,
+                   help="engines measured at once, one run per level, averaged: e.g. 1,2 for a 2-worker machine "
+                        "whose workers share it (default 1: one engine alone)")  # fmt: skip
     p.add_argument("--python", help="interpreter with vLLM for the engine process (default: MOSAIC_VLLM_PYTHON)")
     p.set_defaults(func=cmd_profile)
 

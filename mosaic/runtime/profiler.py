@@ -229,7 +229,26 @@ def pool_measurements(results: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     cost = {**results[0]["cost"], "load_s": load, "unload_s": free, "prefill_tps": prefill, "step_base_s": base,
             "step_per_seq_s": per_seq, "step_per_kv_token_s": per_kv}  # fmt: skip
     meta = {**metas[0], "engine_start_s": load, "unload_s": free, "load_s": loads, "free_s": frees,
-            "decode_points": [list(p) for p in points], "concurrent_engines": len(results)}  # fmt: skip
+            "decode_points": [list(p) for p in points], "engines_pooled": len(results)}  # fmt: skip
+    return {"cost": cost, "meta": meta}
+
+
+MIXED = ("load_s", "unload_s", "prefill_tps", "step_base_s", "step_per_seq_s", "step_per_kv_token_s")
+
+
+def mix_levels(pooled: Sequence[Mapping[str, Any]], levels: Sequence[int]) -> dict[str, Any]:
+    """One profile from the pooled measurements of each concurrency level (``levels[i]`` engines at once gave
+    ``pooled[i]``): every time and rate the mean over levels, the rest from the first; each level's measurements
+    stay in the meta (``levels``). One level is returned as it is."""
+    if len(pooled) != len(levels) or not pooled:
+        raise ProfileError(f"profile: {len(pooled)} pooled measurements for concurrency levels {list(levels)}")
+    if len(pooled) == 1:
+        return dict(pooled[0])
+    cost = {**pooled[0]["cost"], **{k: float(np.mean([p["cost"][k] for p in pooled])) for k in MIXED}}
+    per_level = {str(k): {"cost": {f: p["cost"][f] for f in MIXED}, "engines": p["meta"].get("engines_pooled", 1)}
+                 for k, p in zip(levels, pooled, strict=True)}  # fmt: skip
+    meta = {**pooled[0]["meta"], "engine_start_s": cost["load_s"], "unload_s": cost["unload_s"],
+            "concurrency": list(levels), "levels": per_level}  # fmt: skip
     return {"cost": cost, "meta": meta}
 
 
@@ -263,32 +282,36 @@ def profile_model(
     engine: Mapping[str, Any] | None = None,
     workers: int = 1,
     python: str | None = None,
-    concurrent: int = 1,
+    concurrency: Sequence[int] = (1,),
 ) -> CostProfile:
     """Profile the model folder ``path`` as expert ``name`` (default: the folder name) on ``gpu_type`` in a fresh
     engine worker (bound like worker 0 of ``workers``); merged into ``out`` when that file exists, then written.
 
-    ``concurrent`` > 1 measures that many engines at once, bound like workers 0, 1, ... of ``workers``, and pools
-    their measurements (:func:`pool_measurements`): the costs of a run in which the workers share the machine
-    (on a CPU: memory bandwidth, the driver process, simultaneous engine starts), not of one engine alone."""
+    ``concurrency``: for each level ``k``, ``k`` engines (bound like workers 0..k-1 of ``workers``) are measured at
+    once and pooled (:func:`pool_measurements`); the levels are then averaged (:func:`mix_levels`). ``(1, 2)`` on
+    a 2-worker machine weighs one engine alone and two sharing the machine (on a CPU: memory bandwidth, the driver
+    process, engines starting together) equally, as in a run where one or both workers are busy."""
     from mosaic.runtime.engine_spec import ModelSpec
     from mosaic.runtime.vllm_backend import VllmBackend
 
     expert = name or Path(path).name
     ProfileOptions.from_mapping(options or {})  # fail before starting an engine
-    if not 1 <= concurrent <= max(workers, 1):
-        raise ProfileError(f"profile: concurrent must be between 1 and workers ({workers}), got {concurrent}")
+    levels = sorted(set(concurrency))
+    if not levels or levels[0] < 1 or levels[-1] > max(workers, 1):
+        raise ProfileError(f"profile: concurrency levels must be between 1 and workers ({workers}), got {concurrency}")
     spec = ModelSpec(path=path, **dict(engine or {}))
     backend = VllmBackend({expert: spec}, python=python)
-    ids = list(range(concurrent))
+    results: list[dict] = []
     try:
-        backend.spawn(ids, total=workers)
-        cmds = {i: {"cmd": "profile", "expert": expert, "spec": spec.engine_dict(i), "options": dict(options or {})}
-                for i in ids}  # fmt: skip
-        events = backend.request_all(cmds, "profile")
+        backend.spawn(list(range(levels[-1])), total=workers)
+        for k in levels:
+            cmds = {i: {"cmd": "profile", "expert": expert, "spec": spec.engine_dict(i),
+                        "options": dict(options or {})} for i in range(k)}  # fmt: skip
+            events = backend.request_all(cmds, "profile")
+            results.append(pool_measurements([events[i] for i in range(k)]))
     finally:
         backend.close()
-    ev = pool_measurements([events[i] for i in ids])
+    ev = mix_levels(results, levels)
     cost = ModelCost(**ev["cost"])
     meta = {"source": "mosaic profile", f"{expert}@{gpu_type}": ev["meta"]}
     profile = CostProfile({gpu_type: {expert: cost}}, meta)
@@ -303,6 +326,7 @@ def profile_model(
 __all__ = [
     "ProfileOptions",
     "fit_step",
+    "mix_levels",
     "pool_measurements",
     "profile_engine",
     "profile_model",

@@ -10,7 +10,14 @@ import pytest
 from mosaic.core.errors import ProfileError
 from mosaic.predictors.interface import ModelCost
 from mosaic.predictors.profile import CostProfile
-from mosaic.runtime.profiler import ProfileOptions, fit_step, pool_measurements, split_unload, summarise
+from mosaic.runtime.profiler import (
+    ProfileOptions,
+    fit_step,
+    mix_levels,
+    pool_measurements,
+    split_unload,
+    summarise,
+)
 
 
 def test_fit_recovers_a_linear_step_model():
@@ -87,7 +94,22 @@ def test_pooling_concurrent_engines_takes_medians_and_refits_the_step():
     assert cost.load_s == pytest.approx(1.35) and cost.unload_s == pytest.approx(1.05)
     assert cost.prefill_tps == pytest.approx(4500.0)
     assert 0.002 < cost.step_base_s < 0.003 and cost.max_batch == 16
-    assert pooled["meta"]["concurrent_engines"] == 2 and len(pooled["meta"]["decode_points"]) == 12
+    assert pooled["meta"]["engines_pooled"] == 2 and len(pooled["meta"]["decode_points"]) == 12
     assert pool_measurements([alone]) == alone
     with pytest.raises(ProfileError, match="no profile measurements"):
         pool_measurements([])
+
+
+def test_concurrency_levels_are_averaged_and_kept_in_the_meta():
+    alone = _measured([1.0], [1.0], 5000.0, (0.002, 1e-4, 1e-7))
+    two = pool_measurements([_measured([1.6], [1.2], 4000.0, (0.003, 2e-4, 1e-7))] * 2)
+    mixed = mix_levels([alone, two], [1, 2])
+    cost = ModelCost(**mixed["cost"])
+    assert cost.load_s == pytest.approx(1.3) and cost.unload_s == pytest.approx(1.1)
+    assert cost.step_base_s == pytest.approx(0.0025, rel=1e-3) and cost.prefill_tps == pytest.approx(4500.0)
+    meta = mixed["meta"]
+    assert meta["concurrency"] == [1, 2] and meta["levels"]["2"]["engines"] == 2
+    assert (meta["engine_start_s"], meta["unload_s"]) == (cost.load_s, cost.unload_s)
+    assert mix_levels([alone], [1]) == alone
+    with pytest.raises(ProfileError, match="concurrency levels"):
+        mix_levels([alone], [1, 2])

@@ -107,16 +107,16 @@ def test_vllm_ray_backend_runs_the_same_plan(vt, tiny_models, tmp_path):
 
 
 def test_vllm_profile_writes_a_cost_profile(tiny_models, tmp_path):
-    """Two engines measured at once (as the two workers of a run share the machine), pooled into one entry."""
+    """One engine alone, then two at once (as the two workers of a run share the machine), averaged."""
     from mosaic.runtime.profiler import profile_model
 
     out = tmp_path / "p.yaml"
     opts = {"loads": 1, "batch_sizes": [1, 4], "decode_tokens": 8, "repeats": 1, "prefill_tokens": [64]}
     engine = {"dtype": "float32", "max_num_seqs": 4}
-    profile_model(str(tiny_models / "tiny-llama-a"), "cpu", "a", out, opts, engine, workers=2, concurrent=2)
+    profile_model(str(tiny_models / "tiny-llama-a"), "cpu", "a", out, opts, engine, workers=2, concurrency=(1, 2))
     prof = CostProfile.from_file(out)
     mc = prof.get("a", "cpu")
     assert 0 < mc.load_s < 120 and mc.prefill_tps > 100 and 0 < mc.step_base_s + mc.step_per_seq_s < 1
     assert mc.max_batch == 4 and mc.kv_capacity_tokens > 1000 and 0 < mc.unload_s < 120
     meta = prof.meta["a@cpu"]
-    assert meta["concurrent_engines"] == 2 and len(meta["load_s"]) == 2 and len(meta["free_s"]) == 2
+    assert meta["concurrency"] == [1, 2] and meta["levels"]["2"]["engines"] == 2
