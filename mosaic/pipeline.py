@@ -12,9 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mosaic.agents import make_scheduler
+from mosaic.agents import Scheduler, make_scheduler
 from mosaic.agents.thresholds import make_aggregation_policy
 from mosaic.core.config import RunConfig
+from mosaic.core.errors import ConfigError, RegistryError
 from mosaic.core.trace import EXPERT_STAGE, Record, TraceWriter
 from mosaic.core.types import Cluster, Responses, Workload
 from mosaic.predictors.factory import build_cost_model
@@ -57,8 +58,23 @@ class SchedulerRun:
     trace_path: Path | None
 
 
+def scheduler_from_config(cfg: RunConfig, name: str) -> Scheduler:
+    """Scheduler ``name`` with its ``scheduler_options`` from the config; a bad option is a :class:`ConfigError`
+    naming the config field."""
+    options = cfg.scheduler_options.get(name, {})
+    try:
+        return make_scheduler(name, **options)
+    except (ConfigError, RegistryError) as err:
+        raise ConfigError(f"config field 'scheduler_options.{name}': {err.args[0]}") from None
+    except (TypeError, ValueError) as err:  # a value of the wrong type, met inside the constructor
+        raise ConfigError(f"config field 'scheduler_options.{name}': bad value in {options}: {err}") from None
+
+
 def prepare(cfg: RunConfig) -> Experiment:
-    """Build workload, ground-truth responses, cost model and cluster from ``cfg``."""
+    """Build workload, ground-truth responses, cost model and cluster from ``cfg`` (after checking every
+    ``scheduler_options`` entry builds its scheduler)."""
+    for name in cfg.scheduler_options:
+        scheduler_from_config(cfg, name)
     seq = np.random.SeedSequence(cfg.seed)
     wl_seq, _ = seq.spawn(2)
     workload, responses = build_workload(cfg, np.random.default_rng(wl_seq))
@@ -77,8 +93,8 @@ def _policy(cfg: RunConfig) -> AggregationPolicy:
 def run_scheduler(exp: Experiment, name: str, trace_path: Path | None = None) -> SchedulerRun:
     """Run scheduler ``name`` on the experiment's backend; same experiment + name -> same trace."""
     cfg = exp.cfg
+    scheduler = scheduler_from_config(cfg, name)
     backend = BACKENDS.get(cfg.runtime.backend)(cfg, exp.responses, exp.costs)
-    scheduler = make_scheduler(name)
     rng = exp.scheduler_rng()
     meta = {"scheduler": name, "workload": exp.workload.name, "seed": cfg.seed, "backend": cfg.runtime.backend}
     try:

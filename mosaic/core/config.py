@@ -102,6 +102,11 @@ class RunConfig(_Cfg):
     aggregation: AggregationCfg = AggregationCfg()
     tracking: TrackingCfg = TrackingCfg()
     scheduler: str = "round-robin"
+    scheduler_options: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="scheduler name -> keyword options of its constructor, e.g. "
+        "{mosaic-ilp: {solver: cbc, time_limit_s: 5, buckets: 8}}",
+    )
     baseline: str = Field("round-robin", description="speedups are reported against this scheduler")
     out_dir: str = "runs"
 
