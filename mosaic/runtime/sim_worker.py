@@ -38,7 +38,7 @@ from collections.abc import Callable, Collection, Iterable
 from typing import NamedTuple
 
 from mosaic.core.errors import ProfileError
-from mosaic.core.trace import EXPERT_STAGE, LoadRecord, Record, RequestRecord
+from mosaic.core.trace import EXPERT_STAGE, LoadRecord, Record, request_record
 from mosaic.core.types import Response
 from mosaic.predictors.interface import ModelCost
 
@@ -304,9 +304,9 @@ class WorkerSim:
                 reserved -= tokens
                 r = it[6]
                 if r is None:
-                    emit(RequestRecord(stage, it[0], it[1], it[2], wid, st, t, it[3], it[4]))
+                    emit(request_record(stage, it[0], it[1], it[2], wid, st, t, it[3], it[4]))
                 else:
-                    emit(RequestRecord(stage, it[0], it[1], it[2], wid, st, t, it[3], it[4], r.answer, r.correct,
+                    emit(request_record(stage, it[0], it[1], it[2], wid, st, t, it[3], it[4], r.answer, r.correct,
                                        r.text))  # fmt: skip
                 done += 1
                 last_end = t

@@ -48,3 +48,16 @@ def test_registry_lists_valid_names_on_unknown():
         reg.get("c")
     with pytest.raises(RegistryError, match="already registered"):
         reg.register("a")(3)
+
+
+def test_fast_request_record_equals_the_dataclass_constructor():
+    import inspect
+    from dataclasses import fields
+
+    from mosaic.core.trace import RequestRecord, request_record
+
+    assert list(inspect.signature(request_record).parameters) == [f.name for f in fields(RequestRecord)]
+    full = ("expert", 3, 1, "e", 0, 0.5, 2.0, 40, 7, "B", False, "text")
+    assert request_record(*full) == RequestRecord(*full)
+    assert request_record(*full[:9]) == RequestRecord(*full[:9])
+    assert type(request_record(*full)) is RequestRecord
