@@ -25,8 +25,9 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--out", help="output directory (default: <out_dir>/<name>__<command>__seed<seed>__<time>)")
     p.add_argument("--backend", help="sim | vllm | ray (overrides runtime.backend)")
-    p.add_argument("--aggregation", choices=["always", "adaptive"], help="overrides aggregation.mode")
+    p.add_argument("--aggregation", choices=["always", "adaptive", "learned"], help="overrides aggregation.mode")
     p.add_argument("--threshold", type=float, help="skip the aggregator when confidence >= this (adaptive)")
+    p.add_argument("--aggregation-model", help="a trained threshold agent (learned; mosaic train threshold)")
     p.add_argument("--track", action="store_true", help="log to W&B online (default: offline run directory)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set cluster.workers=8 (repeatable)")  # fmt: skip
@@ -39,11 +40,14 @@ def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> RunConfig:
         ("runtime.backend", args.backend),
         ("aggregation.mode", args.aggregation),
         ("aggregation.threshold", args.threshold),
+        ("aggregation.model", args.aggregation_model),
     ):
         if value is not None:
             overrides.append(f"{key}={value}")
     if args.threshold is not None and args.aggregation is None:
         overrides.append("aggregation.mode=adaptive")
+    if args.aggregation_model is not None and args.aggregation is None:
+        overrides.append("aggregation.mode=learned")
     if args.track:
         overrides.append("tracking.mode=online")
     return load_config(args.config, [*overrides, *extra])

@@ -13,16 +13,17 @@ from pathlib import Path
 import numpy as np
 
 from mosaic.agents import Scheduler, make_scheduler
+from mosaic.agents.bounds import latency_array
 from mosaic.agents.thresholds import make_aggregation_policy
 from mosaic.core.config import RunConfig
 from mosaic.core.errors import ConfigError, RegistryError
 from mosaic.core.trace import EXPERT_STAGE, Record, TraceWriter
-from mosaic.core.types import Cluster, Responses, Workload
+from mosaic.core.types import Cluster, Query, Responses, Workload
 from mosaic.predictors.factory import build_cost_model
 from mosaic.predictors.interface import CostModel
 from mosaic.report.metrics import RunMetrics, aggregation_summary, count_loads, worker_usage
 from mosaic.runtime.aggregation import AggregationPolicy
-from mosaic.runtime.executor import Executor, RunResult
+from mosaic.runtime.executor import Executor, RunResult, aggregation_workload
 from mosaic.runtime.registry import BACKENDS
 from mosaic.workloads import build_workload, expert_means
 
@@ -83,11 +84,29 @@ def prepare(cfg: RunConfig) -> Experiment:
     return Experiment(cfg, workload, responses, costs, cluster, seq)
 
 
-def _policy(cfg: RunConfig) -> AggregationPolicy:
-    """``aggregation.mode``: ``always`` or ``adaptive`` (fixed threshold T, two-decimal T = 0.67 meaning 2/3)."""
+def _policy(exp: Experiment) -> AggregationPolicy:
+    """``aggregation.mode``: ``always``, ``adaptive`` (fixed threshold T, two-decimal T = 0.67 meaning 2/3) or
+    ``learned`` (a trained AggThreshold agent, ``aggregation.model``, with the features it was trained on)."""
+    cfg = exp.cfg
     if cfg.aggregation.mode == "adaptive":
         return make_aggregation_policy("threshold", threshold=cfg.aggregation.threshold)
+    if cfg.aggregation.mode == "learned":
+        from mosaic.agents.rl import rl_threshold_policy  # torch and SB3: only for learned policies
+
+        return rl_threshold_policy(cfg.aggregation.model, skip_context(exp))
     return make_aggregation_policy("always")
+
+
+def skip_context(exp: Experiment) -> Callable[[Query], tuple[list[str], float]]:
+    """What a learned skip policy needs beside the answers, as its training env computed it: the kinds of a query's
+    experts and the seconds its aggregator call takes alone (predicted, on the first worker's GPU type)."""
+    wl = exp.workload
+    agg_wl = aggregation_workload(wl, exp.responses, [False] * len(wl.queries))
+    costs, gpu = exp.costs.bind(agg_wl), exp.cluster.workers[0].gpu_type
+    seconds = latency_array(costs, agg_wl.requests, gpu)
+    by_query = {r.query_id: float(s) for r, s in zip(agg_wl.requests, seconds, strict=True)}
+    kinds = {q.id: [wl.expert(e).kind for e in route] for q, route in zip(wl.queries, wl.routes, strict=True)}
+    return lambda q: (kinds[q.id], by_query.get(q.id, 0.0))
 
 
 def run_scheduler(exp: Experiment, name: str, trace_path: Path | None = None) -> SchedulerRun:
@@ -99,7 +118,7 @@ def run_scheduler(exp: Experiment, name: str, trace_path: Path | None = None) ->
     meta = {"scheduler": name, "workload": exp.workload.name, "seed": cfg.seed, "backend": cfg.runtime.backend}
     try:
         with TraceWriter(trace_path, meta=meta) as trace:
-            result = Executor(backend, _policy(cfg)).run(exp.workload, scheduler, exp.costs, exp.cluster, rng, trace)
+            result = Executor(backend, _policy(exp)).run(exp.workload, scheduler, exp.costs, exp.cluster, rng, trace)
             records = tuple(trace.records)
     finally:
         backend.close()

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mosaic.core.errors import ConfigError
 
@@ -79,8 +79,15 @@ class RuntimeCfg(_Cfg):
 
 
 class AggregationCfg(_Cfg):
-    mode: Literal["always", "adaptive"] = "always"
+    mode: Literal["always", "adaptive", "learned"] = "always"
     threshold: float = Field(1.0, gt=0, le=1, description="skip when confidence >= threshold")
+    model: str | None = Field(None, description="learned: a trained AggThreshold agent (mosaic train threshold)")
+
+    @model_validator(mode="after")
+    def _learned_needs_a_model(self) -> AggregationCfg:
+        if self.mode == "learned" and not self.model:
+            raise ValueError("mode 'learned' needs model: the path of a trained threshold agent (model.zip)")
+        return self
 
 
 class TrackingCfg(_Cfg):

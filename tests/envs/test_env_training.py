@@ -13,11 +13,12 @@ import pytest
 from mosaic.agents import SCHEDULERS, make_scheduler
 from mosaic.agents.rl import RLRescheduleScheduler, load_agent, rl_threshold_policy
 from mosaic.agents.thresholds import LearnedThresholdPolicy
-from mosaic.core.config import TrackingCfg
+from mosaic.core.config import TrackingCfg, load_config
 from mosaic.core.errors import ConfigError
 from mosaic.core.types import Cluster
 from mosaic.envs.commands import main
 from mosaic.envs.training import TrainOptions, train
+from mosaic.pipeline import prepare, run_scheduler, skip_context
 
 
 @pytest.fixture(scope="module")
@@ -114,6 +115,24 @@ def test_threshold_agent_is_a_learned_policy(threshold_model: Path, small_instan
     assert policy.decide(q, answers, 1.0) in (True, False)
     with pytest.raises(ConfigError, match="task"):
         load_agent(threshold_model, task="reschedule")
+
+
+def test_threshold_agent_drives_the_aggregation_stage_of_a_run(threshold_model: Path, small_config_file: Path) -> None:
+    """``aggregation.mode: learned`` (``mosaic compare --aggregation-model PATH``): the trained agent decides every
+    query's skip in a pipeline run, with the features its env computed (expert kinds, aggregator seconds)."""
+    cfg = load_config(small_config_file, [f"aggregation.model={threshold_model}", "aggregation.mode=learned"])
+    exp = prepare(cfg)
+    run = run_scheduler(exp, "greedy-lpt")
+    decisions = run.result.decisions
+    assert len(decisions) == len(exp.workload.queries)
+    kinds, seconds = skip_context(exp)(exp.workload.queries[0])
+    assert len(kinds) == len(exp.workload.routes[0]) and seconds > 0
+    policy = rl_threshold_policy(threshold_model, skip_context(exp))
+    expected = [policy.decide(q, [exp.responses.get(q.id, e).answer for e in route], d.confidence)
+                for q, route, d in zip(exp.workload.queries, exp.workload.routes, decisions, strict=True)]  # fmt: skip
+    assert [d.skipped for d in decisions] == expected
+    with pytest.raises(ConfigError, match=r"config field 'aggregation'.*needs model"):
+        load_config(small_config_file, ["aggregation.mode=learned"])
 
 
 def test_dqn_and_ppo_train_on_the_reschedule_env(tmp_path: Path, small_cfg) -> None:
