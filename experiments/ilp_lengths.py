@@ -25,6 +25,7 @@ from rich.table import Column, Table
 
 from mosaic.agents import SCHEDULERS
 from mosaic.core.config import RunConfig, load_config
+from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, RequestRecord, TraceWriter
 from mosaic.core.types import Responses, Workload
 from mosaic.pipeline import Experiment, prepare, run_scheduler
 from mosaic.predictors.factory import build_cost_model
@@ -75,13 +76,25 @@ def sub_experiment(exp: Experiment, keep: np.ndarray, predictor: str) -> Experim
     table = {(i, e): exp.responses.table[(o, e)] for i, o in enumerate(old) for e in names
              if (o, e) in exp.responses.table}  # fmt: skip
     responses = Responses(table)
-    cfg = exp.cfg.model_copy(update={"costs": exp.cfg.costs.model_copy(update={"predictor": predictor})})
+    spec, expected = split_expected(predictor)
+    costs_cfg = exp.cfg.costs.model_copy(update={"predictor": spec, "expected": expected})
+    cfg = exp.cfg.model_copy(update={"costs": costs_cfg})
     costs = build_cost_model(cfg, sub, expert_means(cfg, sub), responses).bind(sub)
     return Experiment(cfg, sub, responses, costs, exp.cluster, exp.seed_seq)
 
 
 def train_model(wl: Workload, responses: Responses, query_ids: set[int], path: Path) -> LightGBMLengthPredictor:
+    """LightGBM trained on the true lengths of ``query_ids`` (saved at ``path``); the same requests are written
+    as a trace beside it (:func:`trace_of`), from which ``mean:TRACE`` fits per-expert means and spreads."""
     reqs = [r for r in wl.requests if r.query_id in query_ids]
+    agg = wl.aggregator.name
+    with TraceWriter(trace_of(path)) as trace:
+        for r in reqs:
+            trace.write(RequestRecord(EXPERT_STAGE, r.id, r.query_id, r.expert, 0, 0.0, 0.0, r.prompt_tokens,
+                                      responses.get(r.query_id, r.expert).output_tokens))  # fmt: skip
+        for q in sorted(query_ids):  # the aggregator's lengths: its mean prices the aggregation stage
+            trace.write(RequestRecord(AGGREGATION_STAGE, q, q, agg, 0, 0.0, 0.0, wl.queries[q].prompt_tokens,
+                                      responses.get(q, agg).output_tokens))  # fmt: skip
     t0 = time.perf_counter()
     model = LightGBMLengthPredictor.fit(rows_from_workload(wl, reqs, responses))
     model.save(path)
@@ -90,8 +103,29 @@ def train_model(wl: Workload, responses: Responses, query_ids: set[int], path: P
     return model
 
 
+EXPECTED = "+expected"  # suffix: price requests by their expected cost under the predictor's spread
+
+
+def trace_of(model: Path) -> Path:
+    return model.with_suffix(".train.jsonl")
+
+
+def split_expected(predictor: str) -> tuple[str, bool]:
+    """``SPEC+expected`` -> (SPEC, True); ``SPEC`` -> (SPEC, False)."""
+    return (predictor.removesuffix(EXPECTED), True) if predictor.endswith(EXPECTED) else (predictor, False)
+
+
 def predictors(path: Path) -> list[str]:
-    return ["mean", f"lightgbm:{path}", f"lightgbm:{path}@p50", f"lightgbm:{path}@p90", "oracle"]
+    """The paper's per-expert means (configured), means and spreads fitted on the training trace with expected
+    costs, LightGBM (mean head; with expected costs from its p50/p90 spread; p50 and p90 heads), true lengths."""
+    lgbm = f"lightgbm:{path}"
+    return ["mean", f"mean:{trace_of(path)}{EXPECTED}", lgbm, lgbm + EXPECTED, f"{lgbm}@p50", f"{lgbm}@p90", "oracle"]
+
+
+def label_of(predictor: str) -> str:
+    spec, expected = split_expected(predictor)
+    name = spec.split(":")[0] + (" (trace)" if spec.startswith("mean:") else "")
+    return name + ("@" + spec.rsplit("@", 1)[1] if "@" in spec else "") + (" expected" if expected else "")
 
 
 def heldout_runs(cfg: RunConfig, args: Args, scheds: list[str], path: Path) -> dict:
@@ -115,7 +149,9 @@ def cross_seed_runs(cfg_path: str, args: Args, scheds: list[str], path: Path) ->
     train_model(train.workload, train.responses, set(range(len(train.workload.queries))), path)
     out: dict = {}
     for p in predictors(path):
-        exp = prepare(load_config(cfg_path, [f"seed={args.seed}", f"costs.predictor={p}"]))
+        spec, expected = split_expected(p)
+        exp = prepare(load_config(cfg_path, [f"seed={args.seed}", f"costs.predictor={spec}",
+                                             f"costs.expected={str(expected).lower()}"]))  # fmt: skip
         out[p] = (exp, {s: run_scheduler(exp, s) for s in scheds})
     return out
 
@@ -127,7 +163,7 @@ def report(runs: dict, scheds: list[str], title: str) -> None:
         ref = runs["mean"][1][s].metrics.expert_makespan
         for p, (_, by_sched) in runs.items():
             m = by_sched[s].metrics
-            label = p.split(":")[0] + ("@" + p.rsplit("@", 1)[1] if "@" in p else "")
+            label = label_of(p)
             table.add_row(s, label, f"{m.expert_makespan:.1f}", f"{m.expert_makespan / ref - 1:+.1%}",
                           f"{m.end_to_end:.1f}", f"{m.predicted_makespan:.1f}", f"{m.lower_bound:.1f}")  # fmt: skip
         table.add_section()
@@ -141,7 +177,7 @@ def scatter(runs: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in runs if k == "mean" or (k.startswith("lightgbm") and "@" not in k)]
+    keys = [k for k in runs if k == "mean" or (k.startswith("lightgbm") and "@" not in k and EXPECTED not in k)]
     fig, axes = plt.subplots(1, len(keys), figsize=(5 * len(keys), 4.5), sharey=True)
     for ax, key in zip(np.atleast_1d(axes), keys, strict=True):
         exp = runs[key][0]

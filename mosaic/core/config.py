@@ -65,6 +65,11 @@ class ClusterCfg(_Cfg):
 class CostsCfg(_Cfg):
     profile: str = Field("roofline", description="roofline | PATH to a CostProfile YAML/JSON")
     predictor: str = Field("mean", description="mean | linear | lightgbm:PATH")
+    expected: bool = Field(
+        False,
+        description="price requests by their expected cost under the predictor's spread "
+        "(mean:TRACE, lightgbm); default: at the predicted length",
+    )
 
 
 class RuntimeCfg(_Cfg):

@@ -68,4 +68,4 @@ def build_cost_model(
     """
     profile = build_profile(cfg, workload)
     predictor = build_length_predictor(cfg.costs.predictor, means=means, responses=responses, workload=workload)
-    return ProfiledCostModel(profile, predictor, workload)
+    return ProfiledCostModel(profile, predictor, workload, expected=cfg.costs.expected)

@@ -44,6 +44,12 @@ class LengthPredictor(ABC):
     def predict(self, workload: Workload, requests: Sequence[Request]) -> np.ndarray:
         """Predicted output tokens, one float per request, in the order given."""
 
+    def predict_spread(self, workload: Workload, requests: Sequence[Request]) -> np.ndarray | None:
+        """How uncertain each prediction is: the standard deviation of the log output length around
+        :meth:`predict`'s mean (a lognormal predictive distribution), one float per request; None when the
+        predictor gives point predictions only. Cost models may price requests by their expected cost under it."""
+        return None
+
 
 class CostModel(ABC):
     """Seconds per request and per model load, as schedulers and bounds see them (never true lengths).

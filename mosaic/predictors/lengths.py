@@ -26,12 +26,17 @@ class MeanLengthPredictor(LengthPredictor):
 
     name = "mean"
 
-    def __init__(self, means: Mapping[str, float]) -> None:
+    def __init__(self, means: Mapping[str, float], spreads: Mapping[str, float] | None = None) -> None:
         clean = {e: _mean_value(m) for e, m in means.items()}
         bad = {e: means[e] for e, m in clean.items() if not (math.isfinite(m) and m >= 0)}
         if bad:
             raise ConfigError(f"mean length predictor: means must be finite numbers >= 0, got {bad}")
+        sp = {e: _mean_value(v) for e, v in (spreads or {}).items()}
+        bad = {e: v for e, v in sp.items() if not (math.isfinite(v) and v >= 0) or e not in clean}
+        if bad:
+            raise ConfigError(f"mean length predictor: spreads must be finite numbers >= 0 of known experts, got {bad}")
         self.means: Mapping[str, float] = MappingProxyType(clean)  # expert name -> mean output tokens
+        self.spreads: Mapping[str, float] = MappingProxyType(sp)  # expert -> std of log output tokens (profiled)
 
     def mean(self, expert: str) -> float:
         """The mean output tokens of ``expert``; unknown experts list the known ones."""
@@ -45,21 +50,28 @@ class MeanLengthPredictor(LengthPredictor):
         per_expert = {e: self.mean(e) for e in {r.expert for r in requests}}
         return np.fromiter((per_expert[r.expert] for r in requests), dtype=float, count=len(requests))
 
+    def predict_spread(self, workload: Workload, requests: Sequence[Request]) -> np.ndarray | None:
+        """The expert's profiled spread of log lengths (0 for experts without one); None without spreads."""
+        if not self.spreads:
+            return None
+        return np.fromiter((self.spreads.get(r.expert, 0.0) for r in requests), dtype=float, count=len(requests))
+
     @classmethod
     def fit(cls, records: Iterable[Any], stage: str | None = None) -> MeanLengthPredictor:
         """Mean ``output_tokens`` per expert over the :class:`RequestRecord` s in ``records`` (other record
-        types are skipped; ``stage`` keeps only ``'expert'`` or ``'aggregation'`` records)."""
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
+        types are skipped; ``stage`` keeps only ``'expert'`` or ``'aggregation'`` records), and the spread of their
+        logs (:meth:`predict_spread`)."""
+        lengths: dict[str, list[float]] = {}
         for rec in records:
             if not isinstance(rec, RequestRecord) or (stage is not None and rec.stage != stage):
                 continue
-            sums[rec.expert] = sums.get(rec.expert, 0.0) + rec.output_tokens
-            counts[rec.expert] = counts.get(rec.expert, 0) + 1
-        if not counts:
+            lengths.setdefault(rec.expert, []).append(float(rec.output_tokens))
+        if not lengths:
             where = f" of stage {stage!r}" if stage is not None else ""
             raise WorkloadError(f"mean length predictor: no request records{where} to fit on")
-        return cls({e: sums[e] / counts[e] for e in sorted(counts)})
+        means = {e: float(np.mean(v)) for e, v in sorted(lengths.items())}
+        spreads = {e: float(np.std(np.log(np.maximum(v, 1.0)))) for e, v in sorted(lengths.items())}
+        return cls(means, spreads)
 
     @classmethod
     def from_trace(cls, path: str | Path, stage: str | None = None) -> MeanLengthPredictor:

@@ -34,6 +34,7 @@ from mosaic.predictors.registry import LENGTH_PREDICTORS
 LGBM_FORMAT = "mosaic-lgbm-length/1"
 HEADS = ("p50", "p90", "mean")
 QUANTILE_OF = {"p50": 0.5, "p90": 0.9}
+Z90 = 1.2815515655446004  # standard normal 0.9 quantile
 Progress = Callable[[str, int, int], None]  # (head, iteration done, iterations)
 
 
@@ -160,6 +161,11 @@ class LightGBMLengthPredictor(LengthPredictor):
         if head not in QUANTILE_OF:
             raise ConfigError(f"lightgbm predictor: unknown quantile head {head!r}; valid: {sorted(QUANTILE_OF)}")
         return self.predict_heads(ds)[head]
+
+    def predict_spread(self, workload: Workload, requests: Sequence[Request]) -> np.ndarray:
+        """Std of the log length from the quantile heads, read as a lognormal: ``ln(p90 / p50) / z_0.9``."""
+        heads = self.predict_heads(rows_from_workload(workload, requests))
+        return np.log(heads["p90"] / heads["p50"]) / Z90
 
     def predict(self, workload: Workload, requests: Sequence[Request]) -> np.ndarray:
         ds = rows_from_workload(workload, requests)
