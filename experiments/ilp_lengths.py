@@ -11,7 +11,6 @@ same config with seed+1 and runs the pipeline's own ``prepare`` with ``costs.pre
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import importlib
 import sys
@@ -25,6 +24,7 @@ from rich.table import Column, Table
 
 from mosaic.agents import SCHEDULERS
 from mosaic.core.config import RunConfig, load_config
+from mosaic.core.script_args import parse_dataclass_args
 from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, RequestRecord, TraceWriter
 from mosaic.core.types import Responses, Workload
 from mosaic.pipeline import Experiment, prepare, run_scheduler
@@ -48,10 +48,7 @@ class Args:
 
 
 def parse_args() -> Args:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in Args().__dict__.items():
-        ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    return Args(**vars(ap.parse_args()))
+    return parse_dataclass_args(Args, __doc__)
 
 
 def scheduler_names(wanted: str) -> list[str]:

@@ -16,7 +16,6 @@ workloads (``synthetic:mmlu_pro`` etc.).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
@@ -30,6 +29,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mosaic.core.errors import WorkloadError
+from mosaic.core.script_args import parse_dataclass_args
 from mosaic.predictors.length_data import LengthDataset, load_dataset, split_by_query
 from mosaic.predictors.length_eval import Comparison, compare_on_split, cross_expert_ceiling, metrics_table
 
@@ -57,10 +57,7 @@ class Args:
 
 
 def parse_args() -> Args:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    for name, default in Args().__dict__.items():
-        ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
-    return Args(**vars(ap.parse_args()))
+    return parse_dataclass_args(Args, __doc__)
 
 
 def load(name: str) -> LengthDataset | None:

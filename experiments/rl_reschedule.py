@@ -12,7 +12,6 @@ Run: ``python experiments/rl_reschedule.py --out runs/rl_reschedule``
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -25,6 +24,7 @@ from rich.table import Table
 
 from mosaic.agents.rl import load_agent
 from mosaic.core.config import TrackingCfg, load_config
+from mosaic.core.script_args import parse_dataclass_args
 from mosaic.envs.commands import makespan_table
 from mosaic.envs.evaluation import compare_schedulers, mean_ci
 from mosaic.envs.instances import TEST_STREAM, config_instances
@@ -52,14 +52,7 @@ class Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, tuple):
-            parser.add_argument(flag, nargs="+", type=type(f.default[0]), default=f.default)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
-    return Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
+    return parse_dataclass_args(Args, __doc__, argv)
 
 
 def paired(rows: dict, name: str, base: str) -> dict:

@@ -15,7 +15,6 @@ Run: ``python experiments/rl_thresholds.py --out runs/rl_thresholds`` (default b
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import time
@@ -27,6 +26,7 @@ from rich.table import Table
 
 from mosaic.agents.rl import SB3SkipModel, load_agent
 from mosaic.core.config import TrackingCfg, load_config
+from mosaic.core.script_args import parse_dataclass_args
 from mosaic.envs.commands import threshold_table
 from mosaic.envs.evaluation import FIXED_THRESHOLDS, compare_thresholds, front_gap, pareto_png
 from mosaic.envs.training import TrainOptions, threshold_tables, train
@@ -50,14 +50,7 @@ class Args:
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(Args):
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(f.default, tuple):
-            parser.add_argument(flag, nargs="+", type=type(f.default[0]), default=f.default)
-        else:
-            parser.add_argument(flag, type=type(f.default), default=f.default)
-    return Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
+    return parse_dataclass_args(Args, __doc__, argv)
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -18,7 +18,6 @@ Run: ``python experiments/routerbench_aggregation.py --out runs/routerbench_aggr
 
 from __future__ import annotations
 
-import argparse
 import csv
 import dataclasses
 import json
@@ -31,6 +30,7 @@ import numpy as np
 
 from mosaic.agents.thresholds import FixedThreshold
 from mosaic.core.errors import MosaicError
+from mosaic.core.script_args import parse_dataclass_args
 from mosaic.runtime.agreement import AgreementResult, EmbeddingAgreement, agreement_from_answers, make_embedder
 from mosaic.runtime.answers import AnswerKind, normalize_code
 from mosaic.workloads.routerbench import TASKS, RouterBenchTask, default_data_dir, load_routerbench
@@ -59,16 +59,7 @@ class Args:
 
 def parse_args(argv: list[str] | None = None) -> Args:
     """Build :class:`Args` from the command line (one flag per field, ``--fixed a b c`` for tuples)."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    for f in dataclasses.fields(Args):
-        default = f.default
-        flag = "--" + f.name.replace("_", "-")
-        if isinstance(default, tuple):
-            kind = type(default[0]) if default else str
-            parser.add_argument(flag, nargs="+", type=kind, default=default)
-        else:
-            parser.add_argument(flag, type=type(default), default=default)
-    return Args(**{k: tuple(v) if isinstance(v, list) else v for k, v in vars(parser.parse_args(argv)).items()})
+    return parse_dataclass_args(Args, __doc__, argv)
 
 
 @dataclass

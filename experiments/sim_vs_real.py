@@ -10,7 +10,6 @@ same plans with the real output lengths in the simulator with the profile, and p
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 import time
@@ -22,6 +21,7 @@ from rich.console import Console
 
 import mosaic.runtime.vllm_backend  # noqa: F401  (registers 'vllm')
 from mosaic.core.config import load_config
+from mosaic.core.script_args import parse_dataclass_args
 from mosaic.pipeline import prepare, run_scheduler
 from mosaic.predictors.costmodel import ProfiledCostModel
 from mosaic.predictors.lengths import MeanLengthPredictor
@@ -46,14 +46,7 @@ class Args:
 
 
 def parse() -> Args:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    for name, default in vars(Args()).items():
-        flag = "--" + name.replace("_", "-")
-        if isinstance(default, bool):
-            p.add_argument(flag, action="store_true")
-        else:
-            p.add_argument(flag, default=default)
-    return Args(**vars(p.parse_args()))
+    return parse_dataclass_args(Args, __doc__)
 
 
 def ensure_tiny_models(models_dir: str, paths: list[str]) -> None:
