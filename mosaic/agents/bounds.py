@@ -118,10 +118,11 @@ def _placement_term(
     """:func:`mosaic.ilp.relaxation.placement_bound`, 0 where it is not computed (imported here: PuLP is heavy).
 
     Memoised for the last few stages (by the identity of the workload and cost model, which the memo keeps alive,
-    and the cluster and resident experts): every scheduler compared on one stage gets the bound of one solve."""
+    and the cluster and resident experts, which also fix ``chain``): every scheduler compared on one stage gets the
+    bound of one solve."""
     from mosaic.ilp.relaxation import placement_bound
 
-    key = (id(workload), id(costs), cluster, tuple(sorted(normalize_resident(cluster, resident).items())), chain)
+    key = (id(workload), id(costs), cluster, tuple(sorted(normalize_resident(cluster, resident).items())))
     if key in _PLACEMENT_MEMO:
         _PLACEMENT_MEMO.move_to_end(key)
         return _PLACEMENT_MEMO[key][2]

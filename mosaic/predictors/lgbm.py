@@ -163,17 +163,26 @@ class LightGBMLengthPredictor(LengthPredictor):
         return self.predict_heads(ds)[head]
 
     def predict_spread(self, workload: Workload, requests: Sequence[Request]) -> np.ndarray:
-        """Std of the log length from the quantile heads, read as a lognormal: ``ln(p90 / p50) / z_0.9``."""
-        heads = self.predict_heads(rows_from_workload(workload, requests))
-        return np.log(heads["p90"] / heads["p50"]) / Z90
+        """Std of the log length from the quantile heads, read as a lognormal: ``ln(p90 / p50) / z_0.9``; 0 for
+        requests :meth:`predict` answers with a fallback mean (no distribution known there)."""
+        ds = rows_from_workload(workload, requests)
+        heads = self.predict_heads(ds)
+        spread = np.log(heads["p90"] / heads["p50"]) / Z90
+        spread[self._fallback_rows(ds)] = 0.0
+        return spread
 
     def predict(self, workload: Workload, requests: Sequence[Request]) -> np.ndarray:
         ds = rows_from_workload(workload, requests)
         out = self.predict_rows(ds)
         experts = np.asarray(ds.expert)
-        for e in (set(ds.expert) - set(self.spec.experts)) & set(self.fallback):
-            out[experts == e] = self.fallback[e]
+        fallback = self._fallback_rows(ds)
+        out[fallback] = [self.fallback[e] for e in experts[fallback]]
         return out
+
+    def _fallback_rows(self, ds: LengthDataset) -> np.ndarray:
+        """Rows of experts outside the model's vocabulary that have a fallback mean."""
+        known = set(self.spec.experts)
+        return np.array([e not in known and e in self.fallback for e in ds.expert], dtype=bool)
 
     def save(self, path: str | Path, extra: Mapping[str, Any] | None = None) -> Path:
         """Write ``path`` and its sidecar; returns the sidecar's path."""

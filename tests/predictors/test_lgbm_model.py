@@ -125,6 +125,9 @@ def test_factory_predicts_a_workload_with_fallback_for_unseen_experts(tmp_path: 
     by = {e: out[[r.expert == e for r in wl.requests]] for e in ("inst-a", "reas-a", "newcomer")}
     assert (by["newcomer"] == 123.0).all()
     assert (by["reas-a"] > 3 * by["inst-a"]).all()  # the reasoning expert writes far more
+    spread = pred.predict_spread(wl, wl.requests)
+    newcomer = np.array([r.expert == "newcomer" for r in wl.requests])
+    assert (spread[newcomer] == 0.0).all() and (spread[~newcomer] > 0).all()  # no distribution behind a fallback
     with pytest.raises(ConfigError, match="needs a model path"):
         build_length_predictor("lightgbm")
     with pytest.raises(ConfigError, match="does not exist"):
