@@ -19,7 +19,7 @@ stolen: the load has started, and a steal must not change the past.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -30,7 +30,7 @@ from mosaic.core.trace import EXPERT_STAGE, TraceWriter
 from mosaic.core.types import Cluster, Plan, Responses, Workload
 from mosaic.predictors.interface import CostModel
 from mosaic.runtime.sim import SimBackend
-from mosaic.runtime.sim_worker import WorkerSim
+from mosaic.runtime.sim_worker import discard
 
 INF = float("inf")
 DEFAULT_BUCKETS = (512.0, 2048.0)  # predicted output tokens: edges of the short / medium / long buckets
@@ -110,6 +110,7 @@ class Prepared:
         self.expert_of = np.fromiter((self.slot[r.expert] for r in reqs), dtype=np.int64, count=len(reqs))
         self.expert_list: list[int] = self.expert_of.tolist()  # the same as lists (fast scalar access)
         self.pred_list: list[float] = self.pred_s.tolist()
+        self.bucket_list: list[int] = self.bucket.tolist()
         self.load_s = np.zeros(n_slots)
         for e, i in self.slot.items():
             self.load_s[i] = inst.costs.load_seconds(e, gpu)
@@ -120,6 +121,8 @@ class Prepared:
         by_pred = np.argsort(-self.pred_s, kind="stable")
         self.pool_order = [by_pred[self.expert_of[by_pred] == i].tolist() for i in range(n_slots)]
         self.max_batch = np.array([self.backend.model_cost(e, gpu).max_batch for e in self.experts] or [1])
+        self.max_batch_list: list[int] = [*self.max_batch.tolist(), *[1] * (n_slots + 1 - len(self.max_batch))]
+        self.load_list: list[float] = self.load_s.tolist()
         self.plans: dict[str, Plan] = {}  # scheduler name -> its plan of this instance (cache)
         self.static_makespans: dict[str, float] = {}  # scheduler name -> simulated makespan of its plan (cache)
 
@@ -131,19 +134,11 @@ class Prepared:
         return stage.makespan
 
 
-def _noop(_record: object) -> None:
-    return None
-
-
-def bulk_advance(sim: WorkerSim) -> Callable[[float, int], int]:
-    """``f(limit, max_events)``: apply at most ``max_events`` events of ``sim`` that end at or before ``limit``
-    (one simulator call): ``WorkerSim.advance`` when the runtime exposes it, else its event loop itself."""
-    bulk = getattr(sim, "advance", None)
-    return bulk if bulk is not None else sim._run  # the loop behind step() / advance_to()
-
-
 class Dispatcher:
-    """One episode: workers, the pool of unassigned requests, and the decision loop (see the module docstring)."""
+    """One episode: workers, the pool of unassigned requests, and the decision loop (see the module docstring).
+
+    The per-worker and per-expert tallies are plain lists (the env reads and updates single entries on every event,
+    where numpy's per-call overhead dominates); :attr:`queued_work`, :attr:`pool_work` and friends give arrays."""
 
     def __init__(self, prep: Prepared, n_slots: int, quantum_frac: float = 0.25, plan: Plan | None = None) -> None:
         if not quantum_frac > 0:
@@ -154,30 +149,30 @@ class Dispatcher:
         self.quantum = quantum_frac * prep.ref
         inst = prep.inst
         self.ids = list(inst.cluster.ids)
-        self.sims = [prep.backend.make_worker(w, "expert", 0.0, inst.resident.get(w.id), _noop)
+        self.sims = [prep.backend.make_worker(w, "expert", 0.0, inst.resident.get(w.id), discard)
                      for w in inst.cluster.workers]  # fmt: skip
         n_w = len(self.sims)
-        self._bulk = [bulk_advance(sim) for sim in self.sims]  # worker -> f(limit, max_events)
         self.track: list[deque[int]] = [deque() for _ in range(n_w)]  # mirror of each worker's queue (request ids)
         self.executed: list[list[int]] = [[] for _ in range(n_w)]  # worker -> request ids admitted, in order
-        self.queued_work = np.zeros((n_w, n_slots))  # worker x expert -> predicted seconds queued
-        self.queued_count = np.zeros((n_w, n_slots), dtype=np.int64)  # worker x expert -> requests queued
-        self.admitted_pred = np.zeros(n_w)  # worker -> predicted seconds of every request admitted so far
+        self.qwork = [[0.0] * n_slots for _ in range(n_w)]  # worker x expert -> predicted seconds queued
+        self.qcount = [[0] * n_slots for _ in range(n_w)]  # worker x expert -> requests queued
+        self.admitted_pred = [0.0] * n_w  # worker -> predicted seconds of every request admitted so far
         self.pool = [list(reversed(ids)) for ids in prep.pool_order]  # expert -> ids, longest predicted last
-        self.pool_work = np.zeros((n_slots, prep.n_buckets))  # expert x bucket -> predicted seconds pooled
+        self.pwork = [[0.0] * prep.n_buckets for _ in range(n_slots)]  # expert x bucket -> predicted s pooled
         self.mode = [_ACTIVE] * n_w
         self.next_t = [INF] * n_w
         self.now = 0.0
         self.deciding: int | None = None
-        self._mask: np.ndarray | None = None  # valid actions of the pending decision (cache)
-        self._steal_cache: np.ndarray | None = None  # stealable work seen by the deciding worker (cache)
+        self._mask: list[bool] | None = None  # valid actions of the pending decision (cache)
+        self._steal_cache: list[list[float]] | None = None  # stealable work seen by the deciding worker (cache)
         self.steals = self.waits = self.takes = 0
         if plan is not None:
             self._start_from(plan)
         else:
-            np.add.at(self.pool_work, (prep.expert_of, prep.bucket), prep.pred_s)
-        self.pool_count = np.array([len(q) for q in self.pool], dtype=np.int64)  # expert -> requests pooled
-        self.pool_total = int(self.pool_count.sum())
+            for r, (e, b) in enumerate(zip(prep.expert_list, prep.bucket_list, strict=True)):
+                self.pwork[e][b] += prep.pred_list[r]
+        self.pcount = [len(q) for q in self.pool]  # expert -> requests pooled
+        self.pool_total = sum(self.pcount)
         for i in range(n_w):
             self.next_t[i] = self.sims[i].next_event_time()
         self._ask = set(range(n_w))
@@ -203,36 +198,71 @@ class Dispatcher:
     def n_workers(self) -> int:
         return len(self.sims)
 
+    @property
+    def queued_work(self) -> np.ndarray:
+        """Worker x expert -> predicted seconds queued (a new array)."""
+        return np.array(self.qwork, dtype=float).reshape(len(self.sims), self.n_slots)
+
+    @property
+    def queued_count(self) -> np.ndarray:
+        """Worker x expert -> requests queued (a new array)."""
+        return np.array(self.qcount, dtype=np.int64).reshape(len(self.sims), self.n_slots)
+
+    @property
+    def pool_work(self) -> np.ndarray:
+        """Expert x bucket -> predicted seconds pooled (a new array)."""
+        return np.array(self.pwork, dtype=float)
+
+    @property
+    def pool_count(self) -> np.ndarray:
+        """Expert -> requests pooled (a new array)."""
+        return np.array(self.pcount, dtype=np.int64)
+
     def stealable(self) -> np.ndarray:
         """Worker x expert -> predicted seconds another worker may steal (a head run whose load started excluded)."""
-        out = np.where(self.queued_count > 0, np.maximum(self.queued_work, 1e-12), 0.0)
+        return np.array(self._stealable(), dtype=float).reshape(len(self.sims), self.n_slots)
+
+    def _stealable(self) -> list[list[float]]:
+        out = [[max(wk, 1e-12) if c else 0.0 for wk, c in zip(work, count, strict=True)]
+               for work, count in zip(self.qwork, self.qcount, strict=True)]  # fmt: skip
         p = self.p
         for i, sim in enumerate(self.sims):
             tr = self.track[i]
-            if tr and not sim.batch_size and p.experts[p.expert_of[tr[0]]] != sim.resident:
-                out[i, p.expert_of[tr[0]]] = 0.0  # its load is under way
+            if tr and not sim.batch_size and p.experts[p.expert_list[tr[0]]] != sim.resident:
+                out[i][p.expert_list[tr[0]]] = 0.0  # its load is under way
         return out
 
     def remaining(self) -> np.ndarray:
         """Worker -> predicted seconds left: queued work + admitted work not yet covered by busy time."""
-        busy = np.array([s.busy_s for s in self.sims])
-        return self.queued_work.sum(axis=1) + np.maximum(self.admitted_pred - busy, 0.0)
+        return np.array(self._remaining())
+
+    def _remaining(self) -> list[float]:
+        rows = zip(self.qwork, self.admitted_pred, self.sims, strict=True)
+        return [sum(q) + max(a - s.busy_s, 0.0) for q, a, s in rows]
 
     def valid_actions(self, w: int) -> np.ndarray:
         """Boolean mask over the ``n_slots + 2`` actions for worker ``w`` (a new array)."""
+        return np.array(self._valid(w), dtype=bool)
+
+    def is_valid(self, action: int) -> bool:
+        """Whether ``action`` is valid for the deciding worker."""
+        mask = self._valid(self.deciding) if self.deciding is not None else ()
+        return 0 <= action < len(mask) and mask[action]
+
+    def _valid(self, w: int) -> list[bool]:
+        """The valid-action mask of worker ``w`` as a list (cached while ``w`` decides; do not modify)."""
         if self._mask is not None and w == self.deciding:
-            return self._mask.copy()
-        steal = self.stealable()
-        steal[w] = 0.0
-        mask = np.zeros(self.n_slots + 2, dtype=bool)
-        by_expert = steal.sum(axis=0)
-        mask[: self.n_slots] = (self.pool_count > 0) | (by_expert > 0)
-        mask[self.steal_action] = by_expert.sum() > 0
+            return self._mask
+        steal = self._stealable()
+        steal[w] = [0.0] * self.n_slots
+        by_expert = [sum(col) for col in zip(*steal, strict=True)]
+        mask = [c > 0 or b > 0 for c, b in zip(self.pcount, by_expert, strict=True)]
+        mask.append(sum(by_expert) > 0)
         sims = self.sims
-        mask[self.wait_action] = not sims[w].is_idle or any(not s.is_idle for i, s in enumerate(sims) if i != w)
+        mask.append(not sims[w].is_idle or any(not s.is_idle for i, s in enumerate(sims) if i != w))
         if w == self.deciding:
             self._mask, self._steal_cache = mask, steal
-        return mask.copy()
+        return mask
 
     def makespan(self) -> float:
         return max((s.last_end for s in self.sims), default=0.0)
@@ -248,10 +278,8 @@ class Dispatcher:
         w = self.deciding
         if w is None:
             raise PlanError("reschedule env: no decision is pending")
+        self._valid(w)
         steal = self._steal_cache
-        if steal is None:
-            self.valid_actions(w)
-            steal = self._steal_cache
         self.deciding, self._mask, self._steal_cache = None, None, None
         if action == self.wait_action:
             self.waits += 1
@@ -263,34 +291,37 @@ class Dispatcher:
             self._enqueue(w, self._take_pool(action), self.now)
             return
         if action < self.n_slots:
-            victim, expert = int(steal[:, action].argmax()), action
+            column = [row[action] for row in steal]
+            victim, expert = column.index(max(column)), action
         else:
-            loaded = np.where(steal.sum(axis=1) > 0, self.remaining(), -1.0)
-            victim = int(loaded.argmax())
+            left = self._remaining()
+            loaded = [left[i] if sum(row) > 0 else -1.0 for i, row in enumerate(steal)]
+            victim = loaded.index(max(loaded))
             expert = self._tail_expert(victim, steal[victim])
         self.steals += 1
-        self._enqueue(w, self._steal(victim, expert, steal[victim, expert]), self.now)
+        self._enqueue(w, self._steal(victim, expert, steal[victim][expert]), self.now)
 
     def _take_pool(self, e: int) -> list[int]:
         """Pop the longest pooled requests of expert ``e`` until their predicted seconds reach the quantum."""
         ids, got = self.pool[e], []
         work = 0.0
-        p = self.p
+        p, pw = self.p, self.pwork[e]
+        pred, bucket = p.pred_list, p.bucket_list
         while ids and (not got or work < self.quantum):
             r = ids.pop()
             got.append(r)
-            work += p.pred_s[r]
-            self.pool_work[e, p.bucket[r]] -= p.pred_s[r]
+            work += pred[r]
+            pw[bucket[r]] -= pred[r]
         if not ids:
-            self.pool_work[e] = 0.0  # no float residue once the expert's pool is empty
+            self.pwork[e] = [0.0] * len(pw)  # no float residue once the expert's pool is empty
         self.pool_total -= len(got)
-        self.pool_count[e] -= len(got)
+        self.pcount[e] -= len(got)
         return got
 
-    def _tail_expert(self, victim: int, stealable: np.ndarray) -> int:
+    def _tail_expert(self, victim: int, stealable: list[float]) -> int:
         """The expert of the last stealable request queued on ``victim``."""
         for r in reversed(self.track[victim]):
-            e = int(self.p.expert_of[r])
+            e = self.p.expert_list[r]
             if stealable[e] > 0:
                 return e
         raise PlanError(f"reschedule env: worker {victim} has nothing to steal")
@@ -300,28 +331,32 @@ class Dispatcher:
         p, tr = self.p, self.track[victim]
         got, work = [], 0.0
         for r in reversed(tr):
-            if p.expert_of[r] != e:
+            if p.expert_list[r] != e:
                 continue
             if got and work >= available / 2:
                 break
             got.append(r)
-            work += p.pred_s[r]
+            work += p.pred_list[r]
         taken = set(got)
         self.sims[victim].remove_pending(taken)
         self.track[victim] = deque(r for r in tr if r not in taken)
-        self.queued_count[victim, e] -= len(got)
-        left = self.queued_work[victim, e] - work
-        self.queued_work[victim, e] = max(left, 0.0) if self.queued_count[victim, e] else 0.0
+        count = self.qcount[victim]
+        count[e] -= len(got)
+        left = self.qwork[victim][e] - work
+        self.qwork[victim][e] = max(left, 0.0) if count[e] else 0.0
         self.next_t[victim] = self.sims[victim].next_event_time()
         got.reverse()  # keep the victim's order (longest first within a planned run)
         return got
 
     def _enqueue(self, w: int, ids: list[int], now: float | None) -> None:
-        reqs = self.p.sim_requests
+        reqs, expert_of, pred = self.p.sim_requests, self.p.expert_list, self.p.pred_list
         self.sims[w].enqueue([reqs[r] for r in ids], now)
         self.track[w].extend(ids)
-        np.add.at(self.queued_work[w], self.p.expert_of[ids], self.p.pred_s[ids])
-        np.add.at(self.queued_count[w], self.p.expert_of[ids], 1)
+        work, count = self.qwork[w], self.qcount[w]
+        for r in ids:
+            e = expert_of[r]
+            work[e] += pred[r]
+            count[e] += 1
         self._sync(w)
 
     # --- the event loop ----------------------------------------------------------------------------------------
@@ -331,7 +366,7 @@ class Dispatcher:
         sim, tr = self.sims[i], self.track[i]
         n_queued = sim.queued
         if len(tr) > n_queued:
-            p, work, count = self.p, self.queued_work[i], self.queued_count[i]
+            p, work, count = self.p, self.qwork[i], self.qcount[i]
             expert_of, pred_s = p.expert_list, p.pred_list
             admitted = [tr.popleft() for _ in range(len(tr) - n_queued)]
             total = 0.0
@@ -347,23 +382,23 @@ class Dispatcher:
     def _wants_decision(self, i: int) -> bool:
         if self.track[i] or self.mode[i] != _ACTIVE:
             return False
-        return self.pool_total > 0 or any(self.track[j] for j in range(len(self.sims)) if j != i)
+        return self.pool_total > 0 or any(self.track)  # track[i] is empty: any other queue
 
     def advance(self) -> bool:
         """Run the workers to the next decision point with at least two valid actions (actions with a single
         valid choice are applied on the way). Returns False when every request has finished."""
         while True:
-            for i in sorted(self._ask):
+            for i in sorted(self._ask) if self._ask else ():
                 self._ask.discard(i)
                 if not self._wants_decision(i):
                     continue
                 self.deciding = i
-                mask = self.valid_actions(i)
-                n_valid = int(mask.sum())
+                mask = self._valid(i)
+                n_valid = sum(mask)
                 if n_valid >= 2:
                     return True
                 if n_valid == 1:
-                    self.apply(int(mask.argmax()))
+                    self.apply(mask.index(True))
                 self.deciding, self._mask, self._steal_cache = None, None, None
             if self.pool_total == 0 and not any(self.track):
                 return self._drain()
@@ -374,19 +409,21 @@ class Dispatcher:
             self._event(i)
 
     def _event(self, i: int) -> None:
-        """Apply the next event of worker ``i`` (the earliest of all workers), or a run of its events that cannot
-        create a decision point: while two or more requests stay queued (its queue cannot run dry) or none is
-        queued (only going idle matters, and it stops there), up to the next event of any other worker."""
+        """Apply the next event of worker ``i`` (the earliest of all workers) and the run of its events after it
+        that cannot create a decision point, up to the next event of any other worker: while requests stay queued
+        (up to the admission that empties the queue), or, with none queued, until it goes idle."""
         sim = self.sims[i]
         was_idle = sim.is_idle
-        queued = len(self.track[i])
-        if queued == 1:
-            sim.step()
+        nt = self.next_t
+        own, nt[i] = nt[i], INF
+        others = min(nt)  # the next event of any other worker
+        nt[i] = own
+        if self.track[i]:
+            sim.advance_until_dry(others if others > own else own)
         else:
-            nt = self.next_t
-            others = min(nt[:i] + nt[i + 1 :], default=INF)
-            self._bulk[i](max(others, nt[i]), queued - 1 if queued else _MANY)
-        self.now = max(self.now, sim.clock)
+            sim.advance(others if others > own else own, _MANY)
+        if sim.clock > self.now:
+            self.now = sim.clock
         self._sync(i)
         if not self.track[i]:
             self._ask.add(i)

@@ -160,10 +160,9 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
         d = self._dispatcher()
         invalid = False
         if not self._done:
-            mask = d.valid_actions(d.deciding)
             a = int(action)
-            invalid = not (0 <= a < mask.size and mask[a])
-            d.apply(self._fallback(mask) if invalid else a)
+            invalid = not d.is_valid(a)
+            d.apply(self._fallback(d.valid_actions(d.deciding)) if invalid else a)
             self._done = not d.advance()
         now = d.makespan() if self._done else d.now
         reward = -(now - self._last_time) / self._ref
@@ -243,7 +242,7 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
 
     def _fallback(self, mask: np.ndarray) -> int:
         d = self._dispatcher()
-        pooled = np.where(mask[: self.n_slots], d.pool_work.sum(axis=1) + 1e-12, -1.0)
+        pooled = np.where(mask[: self.n_slots], np.array([sum(w) for w in d.pwork]) + 1e-12, -1.0)
         if pooled.max() >= 0:
             return int(pooled.argmax())
         return d.steal_action if mask[d.steal_action] else d.wait_action
@@ -255,34 +254,50 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
                 "invalid_action": invalid, "steals": d.steals, "takes": d.takes, "waits": d.waits}  # fmt: skip
 
     def _obs(self) -> np.ndarray:
+        """The observation (see the class docstring), gathered in one list and converted in one array call."""
         d = self._dispatcher()
-        p, n_s, n_w = d.p, self.n_slots, self.n_workers
-        ref = p.ref
-        workers = np.zeros((n_w, n_s + 1 + _WORKER_FEATURES))
-        running = d.remaining() - d.queued_work.sum(axis=1)
+        p, n_s = d.p, self.n_slots
+        inv = 1.0 / p.ref
+        deciding = d.deciding if not self._done else None
+        obs: list[float] = []
+        put = obs.extend
+        queued = 0.0
         for i, sim in enumerate(d.sims):
-            slot = p.slot.get(sim.resident, n_s) if sim.resident is not None else n_s
-            workers[i, slot] = 1.0
-            mb = p.max_batch[p.slot[sim.resident]] if sim.resident in p.slot else 1
-            workers[i, n_s + 3] = sim.batch_size / mb
-            workers[i, n_s + 4] = d.mode[i] != _ACTIVE
-        if d.deciding is not None and not self._done:
-            workers[d.deciding, n_s + 1] = 1.0
-        workers[:, n_s + 2] = d.queued_work.sum(axis=1) / ref
-        workers[:, n_s + 5] = running / ref
-        steal = d.stealable()
+            row = d.qwork[i]
+            slot = p.slot.get(sim.resident, n_s)
+            one_hot = [0.0] * (n_s + 1)
+            one_hot[slot] = 1.0
+            q = sum(row)
+            queued += q
+            put(one_hot)
+            put((i == deciding, q * inv, sim.batch_size / p.max_batch_list[slot], d.mode[i] != _ACTIVE,
+                 max(d.admitted_pred[i] - sim.busy_s, 0.0) * inv))  # fmt: skip
+        # expert -> workers queueing it or holding it (queued work is never negative: bool(w) is w > 0)
+        serving = list(map(sum, zip(*[map(bool, row) for row in d.qwork], strict=True)))
+        for sim, row in zip(d.sims, d.qwork, strict=True):
+            slot = p.slot.get(sim.resident, n_s)
+            if slot < n_s and not row[slot]:
+                serving[slot] += 1
+        stolen = [sum(col) * inv for col in zip(*self._steal_view(d), strict=True)]
+        pooled, inv_w = 0.0, 1.0 / self.n_workers
+        for pw, st, load, n in zip(d.pwork, stolen, p.load_list, serving, strict=True):
+            pooled += sum(pw)
+            put([x * inv for x in pw])
+            put((st, load * inv, n * inv_w))
+        put((d.now * inv, pooled * inv, queued * inv))
+        out = np.array(obs, dtype=np.float32)
+        np.minimum(out, OBS_HIGH, out=out)
+        return np.maximum(out, 0.0, out=out)  # float residue of the pooled work can be just below 0
+
+    @staticmethod
+    def _steal_view(d: Dispatcher) -> list[list[float]]:
+        """Stealable work per worker x expert as the deciding worker sees it (its own row zero)."""
+        if d.deciding is not None and d._steal_cache is not None:
+            return d._steal_cache  # _valid zeroed the deciding row
+        steal = d._stealable()
         if d.deciding is not None:
-            steal[d.deciding] = 0.0
-        serving = np.zeros(n_s)
-        for i, sim in enumerate(d.sims):
-            served = d.queued_work[i] > 0
-            if sim.resident in p.slot:
-                served[p.slot[sim.resident]] = True
-            serving += served
-        experts = np.column_stack([d.pool_work / ref, steal.sum(axis=0) / ref, p.load_s / ref, serving / n_w])
-        glob = np.array([d.now / ref, d.pool_work.sum() / ref, d.queued_work.sum() / ref])
-        obs = np.concatenate([workers.ravel(), experts.ravel(), glob])
-        return np.clip(obs, 0.0, OBS_HIGH).astype(np.float32)
+            steal[d.deciding] = [0.0] * d.n_slots
+        return steal
 
 
 def _check_modes(start: str, order: str, reward_ref: str, render_mode: str | None, renders: list[str]) -> None:

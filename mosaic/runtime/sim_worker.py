@@ -47,6 +47,11 @@ _NEVER = 1 << 62  # "no step count reaches it" (decode that costs nothing cannot
 _INF = math.inf
 
 
+def discard(_record: Record) -> None:
+    """An ``emit`` that drops every record: the worker then builds none (environments that need only timing)."""
+    return None
+
+
 class SimRequest(NamedTuple):
     """One request as a worker sees it (a tuple, for speed: the simulator builds one per request)."""
 
@@ -136,6 +141,7 @@ class WorkerSim:
         self._reserved = 0  # KV tokens reserved by the running batch (prompt + output each)
         self._seq = 0  # admissions so far (heap tie-break)
         self._next = _INF  # end time of the next event, set by _run
+        self._next_known = False  # _next holds for the current state (no request moved since the last _run)
 
     # --- state queries ---------------------------------------------------------------------------------------
 
@@ -182,13 +188,18 @@ class WorkerSim:
     def enqueue(self, requests: Iterable[SimRequest], now: float | None = None) -> None:
         """Append requests to the queue. With ``now``: first advance to ``now``, admit nothing before it, and
         let an idle worker's clock jump to ``now`` (it cannot have started the new work earlier)."""
+        self._next_known = False
         if now is None:
             self._queue.extend(requests)
             return
-        self.advance_to(now)
+        if not (self._next_known and self._next > now):  # else no event ends by ``now``
+            self.advance_to(now)
         if self.is_idle and self.clock < now:
             self.clock = float(now)
-        self._queue.extend(r if r.arrival >= now else r._replace(arrival=float(now)) for r in requests)
+        now = float(now)
+        new = tuple.__new__  # SimRequest._replace(arrival=now), without its per-call overhead (the env's hot path)
+        self._queue.extend(r if r[5] >= now else new(SimRequest, (*r[:5], now, r[6])) for r in requests)
+        self._next_known = False
 
     def remove_pending(self, request_ids: Collection[int]) -> list[SimRequest]:
         """Take the queued (not yet admitted) requests whose ids are in ``request_ids`` out of the queue."""
@@ -196,11 +207,13 @@ class WorkerSim:
         taken = [r for r in self._queue if r.request_id in ids]
         if taken:
             self._queue = deque(r for r in self._queue if r.request_id not in ids)
+            self._next_known = False
         return taken
 
     def next_event_time(self) -> float:
         """End time of the next event (admission + prefill, load, wait, decode to a completion); inf if idle."""
-        self._run(-_INF, 1)
+        if not self._next_known:
+            self._run(-_INF, 1)
         return self._next
 
     def step(self) -> float:
@@ -216,6 +229,11 @@ class WorkerSim:
         """Apply events that end at or before ``limit``, at most ``max_events``; returns how many."""
         return self._run(limit, max_events)
 
+    def advance_until_dry(self, limit: float) -> int:
+        """Apply events that end at or before ``limit`` until the queue is empty (the event admitting the last
+        queued request is the last one applied); returns how many."""
+        return self._run(limit, _NEVER, True)
+
     def run_until_idle(self) -> float:
         """Run everything queued; returns when the last request finished."""
         self._run(_INF, _NEVER)
@@ -223,12 +241,14 @@ class WorkerSim:
 
     # --- the event loop --------------------------------------------------------------------------------------
 
-    def _run(self, limit: float, max_events: int) -> int:
-        """Apply events while the next one ends at or before ``limit``, at most ``max_events``.
+    def _run(self, limit: float, max_events: int, until_dry: bool = False) -> int:
+        """Apply events while the next one ends at or before ``limit``, at most ``max_events`` (``until_dry``: and
+        none after the one that admits the last queued request). The next event's end is always left in _next.
 
         One flat loop with the state in locals: it is the simulator's hot path (profiled), hence its length.
         """
         queue, heap, emit, stage, wid = self._queue, self._heap, self._emit, self.stage, self.worker_id
+        keep = emit is not discard  # build records at all
         push, pop = heapq.heappush, heapq.heappop
         t, s, kv, reserved, seq = self.clock, self._step, self._kv, self._reserved, self._seq
         busy, loading, last_end, done = self.busy_s, self.loading_s, self.last_end, 0
@@ -236,10 +256,13 @@ class WorkerSim:
         tps = base = per_seq = per_kv = unload = 0.0  # unload: seconds to free the resident expert
         mb = kvcap = 0
         if resident is not None:
-            _, tps, base, per_seq, per_kv, mb, kvcap, unload = self.cost(resident)
+            _, tps, base, per_seq, per_kv, mb, kvcap, unload = self._cache.get(resident) or self.cost(resident)
         events = 0
         nxt = _INF
-        while events < max_events:
+        while True:
+            if events >= max_events:
+                limit = -_INF  # apply nothing more, but still find when the next event ends
+
             b = len(heap)
             wait_arrival = _INF  # a same-expert head that fits but has not arrived: decode only until it does
             if queue:
@@ -251,7 +274,8 @@ class WorkerSim:
                         if end > limit:
                             nxt = end
                             break
-                        emit(LoadRecord(stage, wid, head[2], t, end))
+                        if keep:
+                            emit(LoadRecord(stage, wid, head[2], t, end))
                         loading += end - t
                         t = end
                         resident = head[2]
@@ -265,6 +289,8 @@ class WorkerSim:
                             nxt = end
                             break
                         queue.popleft()
+                        if until_dry and not queue:
+                            limit = -_INF  # the queue ran dry: apply nothing more
                         push(heap, (s + head[4], seq, t, head))
                         seq += 1
                         busy += end - t
@@ -303,7 +329,9 @@ class WorkerSim:
                 kv -= tokens
                 reserved -= tokens
                 r = it[6]
-                if r is None:
+                if not keep:
+                    pass
+                elif r is None:
                     emit(request_record(stage, it[0], it[1], it[2], wid, st, t, it[3], it[4]))
                 else:
                     emit(request_record(stage, it[0], it[1], it[2], wid, st, t, it[3], it[4], r.answer, r.correct,
@@ -313,5 +341,5 @@ class WorkerSim:
         self.clock, self._step, self._kv, self._reserved, self._seq = t, s, kv, reserved, seq
         self.busy_s, self.loading_s, self.last_end, self.resident = busy, loading, last_end, resident
         self.completed += done
-        self._next = nxt
+        self._next, self._next_known = nxt, True
         return events

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from mosaic.core.errors import ProfileError
 from mosaic.core.trace import LoadRecord, RequestRecord
-from mosaic.runtime.sim_worker import SimRequest, WorkerSim, steps_to_reach
+from mosaic.runtime.sim_worker import SimRequest, WorkerSim, discard, steps_to_reach
 
 
 def _worker(table, resident=None, start=0.0):
@@ -159,6 +159,54 @@ def test_stepping_and_advance_to_equal_one_run(rt, data):
     assert stepped.records == whole.records
 
 
+@settings(max_examples=100, deadline=None)
+@given(data=st.data())
+def test_bulk_advance_equals_one_run_and_next_event_time_is_fresh(rt, data):
+    """advance / advance_until_dry in random chunks give the records of one run; the remembered next-event time
+    always equals a recomputation; advance_until_dry stops right after the admission that empties the queue."""
+    items, table, resident = data.draw(rt.worker_cases())
+    whole = _worker(table, resident)
+    whole.enqueue(items)
+    whole.run_until_idle()
+    sim = _worker(table, resident)
+    sim.enqueue(items)
+    while not sim.is_idle:
+        t = sim.next_event_time()
+        assert t == _recomputed_next(sim, table)
+        if sim.queued and data.draw(st.booleans()):
+            sim.advance_until_dry(t + data.draw(st.floats(0.0, 50.0)))
+            assert sim.queued == 0 or sim.next_event_time() > sim.clock
+        else:
+            sim.advance(t + data.draw(st.floats(0.0, 50.0)), data.draw(st.integers(1, 4)))
+    assert sim.records == whole.records
+
+
+def _recomputed_next(sim, table):
+    """The next event time of a copy of ``sim``'s state that has to compute it afresh."""
+    fresh = _worker(table)
+    fresh.__dict__.update({k: v for k, v in sim.__dict__.items() if k != "_next_known"})
+    return fresh.next_event_time()
+
+
+def test_advance_until_dry_stops_at_the_last_admission(rt):
+    mc = rt.mcost(prefill_tps=10.0, base=0.1, per_seq=0.0, per_kv=0.0)
+    sim = _worker({"a": mc}, resident="a")
+    sim.enqueue([SimRequest(0, 0, "a", 1, 3, 0.0), SimRequest(1, 1, "a", 1, 3, 0.0)])
+    assert sim.advance_until_dry(100.0) == 2  # two admissions (0.1 s prefill each), no decode step
+    assert sim.queued == 0 and sim.batch_size == 2 and sim.clock == pytest.approx(0.2)
+    assert sim.next_event_time() == pytest.approx(0.2 + 3 * 0.1)
+
+
+def test_discard_builds_no_records_and_keeps_the_timing(rt):
+    items, table, resident = [SimRequest(i, i, "a", 2, 5 + i, 0.0) for i in range(4)], {"a": rt.mcost()}, None
+    kept, dropped = _worker(table, resident), WorkerSim(0, table.__getitem__, "expert", 0.0, resident, discard)
+    for sim in (kept, dropped):
+        sim.enqueue(items)
+        sim.run_until_idle()
+    assert dropped.records == [] and len(kept.records) == 5  # a load and four requests
+    assert (dropped.last_end, dropped.busy_s, dropped.loading_s) == (kept.last_end, kept.busy_s, kept.loading_s)
+
+
 def test_enqueue_later_and_remove_pending(rt):
     mc = rt.mcost(prefill_tps=1e12, base=0.1, per_seq=0.0, per_kv=0.0)
     sim = _worker({"a": mc, "b": mc}, resident="a")
@@ -167,8 +215,12 @@ def test_enqueue_later_and_remove_pending(rt):
     assert sim.batch_size == 2 and sim.clock == 0.0
     sim.advance_to(2.0)
     assert sim.is_idle and sim.last_end == pytest.approx(1.0)
+    table = {"a": mc, "b": mc}
+    sim.next_event_time()  # remembered: enqueue and remove_pending must forget it
     sim.enqueue([SimRequest(2, 2, "a", 0, 1, 0.0), SimRequest(3, 3, "b", 0, 1, 0.0)], now=4.0)
+    assert sim.next_event_time() == _recomputed_next(sim, table) == pytest.approx(4.0)  # admission
     assert [r.request_id for r in sim.remove_pending({3, 99})] == [3]
+    assert sim.next_event_time() == _recomputed_next(sim, table)
     assert [r.arrival for r in sim.pending()] == [4.0]
     sim.run_until_idle()
     assert sim.records[-1].start == 4.0 and sim.resident == "a"
