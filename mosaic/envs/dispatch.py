@@ -21,6 +21,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from operator import add
 
 import numpy as np
 
@@ -36,6 +37,7 @@ INF = float("inf")
 DEFAULT_BUCKETS = (512.0, 2048.0)  # predicted output tokens: edges of the short / medium / long buckets
 _ACTIVE, _WAIT_IDLE, _WAIT_OTHER = 0, 1, 2
 _MANY = 1 << 62  # "no limit" on the number of events
+_MIN_WORK = 1e-12  # predicted seconds queued of an expert with requests queued (never 0: they can be stolen)
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,6 +127,7 @@ class Prepared:
         self.load_list: list[float] = self.load_s.tolist()
         self.plans: dict[str, Plan] = {}  # scheduler name -> its plan of this instance (cache)
         self.static_makespans: dict[str, float] = {}  # scheduler name -> simulated makespan of its plan (cache)
+        self.obs_scale: np.ndarray | None = None  # the env's per-entry observation factors (cache)
 
     def simulate(self, plan: Plan) -> float:
         """Simulated makespan of ``plan`` run as is (true lengths, the instance's resident experts)."""
@@ -223,8 +226,7 @@ class Dispatcher:
         return np.array(self._stealable(), dtype=float).reshape(len(self.sims), self.n_slots)
 
     def _stealable(self) -> list[list[float]]:
-        out = [[max(wk, 1e-12) if c else 0.0 for wk, c in zip(work, count, strict=True)]
-               for work, count in zip(self.qwork, self.qcount, strict=True)]  # fmt: skip
+        out = [row[:] for row in self.qwork]  # queued work is >= _MIN_WORK wherever anything is queued
         p = self.p
         for i, sim in enumerate(self.sims):
             tr = self.track[i]
@@ -255,11 +257,10 @@ class Dispatcher:
             return self._mask
         steal = self._stealable()
         steal[w] = [0.0] * self.n_slots
-        by_expert = [sum(col) for col in zip(*steal, strict=True)]
-        mask = [c > 0 or b > 0 for c, b in zip(self.pcount, by_expert, strict=True)]
+        by_expert = list(map(sum, zip(*steal, strict=True)))
+        mask = list(map(bool, map(add, self.pcount, by_expert)))  # pooled or stealable (both are >= 0)
         mask.append(sum(by_expert) > 0)
-        sims = self.sims
-        mask.append(not sims[w].is_idle or any(not s.is_idle for i, s in enumerate(sims) if i != w))
+        mask.append(not all(s.is_idle for s in self.sims))  # wait: until some worker (w or another) goes idle
         if w == self.deciding:
             self._mask, self._steal_cache = mask, steal
         return mask
@@ -311,7 +312,7 @@ class Dispatcher:
             r = ids.pop()
             got.append(r)
             work += pred[r]
-            pw[bucket[r]] -= pred[r]
+            pw[bucket[r]] = max(pw[bucket[r]] - pred[r], 0.0)  # no negative float residue
         if not ids:
             self.pwork[e] = [0.0] * len(pw)  # no float residue once the expert's pool is empty
         self.pool_total -= len(got)
@@ -343,7 +344,7 @@ class Dispatcher:
         count = self.qcount[victim]
         count[e] -= len(got)
         left = self.qwork[victim][e] - work
-        self.qwork[victim][e] = max(left, 0.0) if count[e] else 0.0
+        self.qwork[victim][e] = max(left, _MIN_WORK) if count[e] else 0.0
         self.next_t[victim] = self.sims[victim].next_event_time()
         got.reverse()  # keep the victim's order (longest first within a planned run)
         return got
@@ -355,7 +356,7 @@ class Dispatcher:
         work, count = self.qwork[w], self.qcount[w]
         for r in ids:
             e = expert_of[r]
-            work[e] += pred[r]
+            work[e] = max(work[e] + pred[r], _MIN_WORK)
             count[e] += 1
         self._sync(w)
 
@@ -374,7 +375,7 @@ class Dispatcher:
                 e, s = expert_of[r], pred_s[r]
                 total += s
                 count[e] -= 1
-                work[e] = max(work[e] - s, 0.0) if count[e] else 0.0
+                work[e] = max(work[e] - s, _MIN_WORK) if count[e] else 0.0
             self.admitted_pred[i] += total
             self.executed[i].extend(admitted)
         self.next_t[i] = sim.next_event_time()

@@ -254,40 +254,45 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
                 "invalid_action": invalid, "steals": d.steals, "takes": d.takes, "waits": d.waits}  # fmt: skip
 
     def _obs(self) -> np.ndarray:
-        """The observation (see the class docstring), gathered in one list and converted in one array call."""
+        """The observation (see the class docstring): raw values (seconds, counts) gathered in one list, then scaled
+        by :meth:`_obs_scale` and clipped in three array calls (per-element Python arithmetic is the slow part)."""
         d = self._dispatcher()
         p, n_s = d.p, self.n_slots
-        inv = 1.0 / p.ref
         deciding = d.deciding if not self._done else None
         obs: list[float] = []
         put = obs.extend
-        queued = 0.0
+        queued = list(map(sum, d.qwork))
+        slots = [p.slot.get(sim.resident, n_s) for sim in d.sims]  # resident expert's slot (n_s: none)
         for i, sim in enumerate(d.sims):
-            row = d.qwork[i]
-            slot = p.slot.get(sim.resident, n_s)
             one_hot = [0.0] * (n_s + 1)
-            one_hot[slot] = 1.0
-            q = sum(row)
-            queued += q
+            one_hot[slots[i]] = 1.0
             put(one_hot)
-            put((i == deciding, q * inv, sim.batch_size / p.max_batch_list[slot], d.mode[i] != _ACTIVE,
-                 max(d.admitted_pred[i] - sim.busy_s, 0.0) * inv))  # fmt: skip
+            put((i == deciding, queued[i], sim.batch_size / p.max_batch_list[slots[i]], d.mode[i] != _ACTIVE,
+                 max(d.admitted_pred[i] - sim.busy_s, 0.0)))  # fmt: skip
         # expert -> workers queueing it or holding it (queued work is never negative: bool(w) is w > 0)
         serving = list(map(sum, zip(*[map(bool, row) for row in d.qwork], strict=True)))
-        for sim, row in zip(d.sims, d.qwork, strict=True):
-            slot = p.slot.get(sim.resident, n_s)
+        for slot, row in zip(slots, d.qwork, strict=True):
             if slot < n_s and not row[slot]:
                 serving[slot] += 1
-        stolen = [sum(col) * inv for col in zip(*self._steal_view(d), strict=True)]
-        pooled, inv_w = 0.0, 1.0 / self.n_workers
-        for pw, st, load, n in zip(d.pwork, stolen, p.load_list, serving, strict=True):
-            pooled += sum(pw)
-            put([x * inv for x in pw])
-            put((st, load * inv, n * inv_w))
-        put((d.now * inv, pooled * inv, queued * inv))
-        out = np.array(obs, dtype=np.float32)
-        np.minimum(out, OBS_HIGH, out=out)
-        return np.maximum(out, 0.0, out=out)  # float residue of the pooled work can be just below 0
+        stolen = map(sum, zip(*self._steal_view(d), strict=True))
+        for pw, *rest in zip(d.pwork, stolen, p.load_list, serving, strict=True):
+            put(pw)
+            put(rest)
+        put((d.now, sum(map(sum, d.pwork)), sum(queued)))
+        out = np.array(obs)
+        out *= self._obs_scale(p)
+        return np.minimum(out, OBS_HIGH, out=out).astype(np.float32)  # every raw value is >= 0
+
+    def _obs_scale(self, p: Prepared) -> np.ndarray:
+        """Per-entry factors of the raw observation of instance ``p``: 1 / lower bound for seconds, 1 / W for the
+        serving counts, 1 for flags and fractions (cached per instance)."""
+        scale = p.obs_scale
+        if scale is None:
+            n_s, n_b, inv = self.n_slots, p.n_buckets, 1.0 / p.ref
+            worker = [1.0] * (n_s + 1) + [1.0, inv, 1.0, 1.0, inv]
+            expert = [inv] * n_b + [inv, inv, 1.0 / self.n_workers]
+            scale = p.obs_scale = np.array(worker * self.n_workers + expert * n_s + [inv] * _GLOBAL_FEATURES)
+        return scale
 
     @staticmethod
     def _steal_view(d: Dispatcher) -> list[list[float]]:

@@ -187,9 +187,10 @@ class WorkerSim:
 
     def enqueue(self, requests: Iterable[SimRequest], now: float | None = None) -> None:
         """Append requests to the queue. With ``now``: first advance to ``now``, admit nothing before it, and
-        let an idle worker's clock jump to ``now`` (it cannot have started the new work earlier)."""
-        self._next_known = False
+        let an idle worker's clock jump to ``now`` (it cannot have started the new work earlier).
+        The next event depends on the queue's head only, so it changes only when the queue was empty."""
         if now is None:
+            self._next_known = self._next_known and bool(self._queue)
             self._queue.extend(requests)
             return
         if not (self._next_known and self._next > now):  # else no event ends by ``now``
@@ -197,17 +198,18 @@ class WorkerSim:
         if self.is_idle and self.clock < now:
             self.clock = float(now)
         now = float(now)
+        self._next_known = self._next_known and bool(self._queue)
         new = tuple.__new__  # SimRequest._replace(arrival=now), without its per-call overhead (the env's hot path)
         self._queue.extend(r if r[5] >= now else new(SimRequest, (*r[:5], now, r[6])) for r in requests)
-        self._next_known = False
 
     def remove_pending(self, request_ids: Collection[int]) -> list[SimRequest]:
         """Take the queued (not yet admitted) requests whose ids are in ``request_ids`` out of the queue."""
         ids = set(request_ids)
         taken = [r for r in self._queue if r.request_id in ids]
         if taken:
+            head = self._queue[0]
             self._queue = deque(r for r in self._queue if r.request_id not in ids)
-            self._next_known = False
+            self._next_known = self._next_known and bool(self._queue) and self._queue[0] is head
         return taken
 
     def next_event_time(self) -> float:

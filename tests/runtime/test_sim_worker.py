@@ -173,6 +173,12 @@ def test_bulk_advance_equals_one_run_and_next_event_time_is_fresh(rt, data):
     while not sim.is_idle:
         t = sim.next_event_time()
         assert t == _recomputed_next(sim, table)
+        if sim.queued and data.draw(st.booleans()):  # take the tail out and put it back: the same queue
+            last = sim.pending()[-1]
+            assert sim.remove_pending({last.request_id}) == [last]
+            assert sim.next_event_time() == _recomputed_next(sim, table)
+            sim.enqueue([last])
+            assert sim.next_event_time() == _recomputed_next(sim, table) == t
         if sim.queued and data.draw(st.booleans()):
             sim.advance_until_dry(t + data.draw(st.floats(0.0, 50.0)))
             assert sim.queued == 0 or sim.next_event_time() > sim.clock
