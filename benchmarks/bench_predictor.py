@@ -4,7 +4,7 @@ Rows come from :func:`mosaic.predictors.length_data.toy` (distinct texts of 8-12
 hashed n-gram features cost what they cost on real prompts). Times feature building and each head separately
 (the rows are generated outside the timing), and the held-out MAE against the per-expert mean as a sanity check.
 
-    python benchmarks/bench_predictor.py [--rows 100000] [--threads 2]
+    python benchmarks/bench_predictor.py [--rows 100000] [--threads N (default: every usable core)]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ TARGET_S = 60.0
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rows", type=int, default=100_000, help="training rows (queries x 2 experts)")
-    ap.add_argument("--threads", type=int, default=1, help="LightGBM threads")
+    ap.add_argument("--threads", type=int, default=0, help="LightGBM threads (0: every usable core)")
     ap.add_argument("--rounds", type=int, default=300, help="trees per head")
     args = ap.parse_args()
     console = Console()
@@ -52,7 +52,7 @@ def main() -> None:
     total, cpu = time.perf_counter() - t0, time.process_time() - c0
     comp = compare_fitted([*baselines(train), model], test)
     table = Table("step", "seconds", title=f"LightGBM length predictor: training on {len(train):,} rows, "
-                                           f"{args.threads} threads")  # fmt: skip
+                                           f"{params.threads()} threads")  # fmt: skip
     for step, s in marks.items():
         table.add_row(step, f"{s:.2f}")
     table.add_row("[bold]total (wall)[/bold]", f"[bold]{total:.2f}[/bold] ({'within' if total < TARGET_S else 'OVER'} "

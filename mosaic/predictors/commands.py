@@ -176,7 +176,7 @@ def register_cli(sub: Any) -> None:
     p.add_argument("--test-frac", type=float, default=0.2, help="share of queries held out (0: train on all)")
     p.add_argument("--rounds", type=int, default=300, help="LightGBM trees per head")
     p.add_argument("--hash-dims", type=int, default=256, help="hashed text n-gram columns (0: none)")
-    p.add_argument("--threads", type=int, default=1, help="LightGBM threads (more only on an idle machine)")
+    p.add_argument("--threads", type=int, default=0, help="LightGBM threads (default 0: every usable core)")
     p.set_defaults(func=cmd_train)
     p = psub.add_parser("eval", help="score a model on a held-out split against the mean and linear baselines")
     _data_args(p)

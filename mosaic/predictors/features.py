@@ -7,9 +7,11 @@ model; :func:`build_features` turns a :class:`LengthDataset` into a sparse matri
 
 from __future__ import annotations
 
+import itertools
 import math
 import re
 import zlib
+from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from typing import TypeVar
@@ -104,10 +106,49 @@ def hash_ngrams(text: str, dims: int, ngram_max: int) -> dict[int, float]:
     return out
 
 
+def hashed_counts(texts: Sequence[str], dims: int, ngram_max: int):
+    """``scipy.sparse.csr_matrix`` (float32, ``len(texts) x dims``): row i is :func:`hash_ngrams` of ``texts[i]``,
+    computed in bulk: words become integer ids, n-grams integer ids (numpy), and each distinct n-gram's CRC-32
+    extends its (n-1)-gram prefix's (``zlib.crc32`` continues a running checksum)."""
+    from scipy import sparse
+
+    vocab: defaultdict[str, int] = defaultdict(itertools.count().__next__)  # word -> id, new words numbered
+    ids: list[int] = []
+    lengths = []
+    for t in texts:
+        words = _TOKEN_RE.findall(t.lower())
+        ids += map(vocab.__getitem__, words)
+        lengths.append(len(words))
+    word_ids = np.asarray(ids, dtype=np.int64)
+    text_of = np.repeat(np.arange(len(texts)), lengths)
+    encoded = [w.encode() for w in vocab]  # id -> bytes
+    crc = [zlib.crc32(w) for w in encoded]  # n-gram id -> CRC-32 of its text (n = 1: the word ids)
+    gram = word_ids  # position -> id of the n-gram starting there
+    rows, cols = [], []
+    for n in range(1, ngram_max + 1):
+        m = len(word_ids) - n + 1
+        if m <= 0:
+            break
+        if n > 1:
+            prefix = [zlib.crc32(b" ", c) for c in crc]  # "w1 .. w(n-1) " per (n-1)-gram id
+            prev = gram[:m]  # the (n-1)-gram starting at each position
+            gram = np.unique(prev * len(encoded) + word_ids[n - 1 :], return_inverse=True)[1].reshape(-1)
+            rep = np.empty(int(gram.max()) + 1, dtype=np.int64)
+            rep[gram] = np.arange(m)  # a position of each n-gram
+            pairs = zip(prev[rep].tolist(), word_ids[rep + n - 1].tolist(), strict=True)
+            crc = [zlib.crc32(encoded[w], prefix[g]) for g, w in pairs]
+        same_text = text_of[:m] == text_of[n - 1 :]
+        rows.append(text_of[:m][same_text])
+        cols.append((np.asarray(crc, dtype=np.int64) % dims)[gram[same_text]])
+    r = np.concatenate(rows) if rows else np.zeros(0, np.int64)
+    c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
+    return sparse.coo_matrix((np.ones(len(r), np.float32), (r, c)), shape=(len(texts), dims)).tocsr()  # summed
+
+
 def text_stats(text: str) -> tuple[float, ...]:
     """The ``text_*`` numeric features of one text."""
     n = len(text)
-    digits = sum(c.isdigit() for c in text)
+    digits = sum(map(str.isdigit, text))
     code = text.count("```") + text.count("def ") + text.count("{") + text.count(";")
     return (float(n), float(len(text.split())), float(text.count("\n") + 1 if text else 0),
             digits / n if n else 0.0, float(code), float(text.count("?")))  # fmt: skip
@@ -151,11 +192,7 @@ def build_features(spec: FeatureSpec, ds: LengthDataset):
     dense = sparse.csr_matrix(dense_features(spec, ds))
     if spec.hash_dims == 0:
         return dense
-    indptr, indices, data = [0], [], []
-    for h in per_text(lambda t: hash_ngrams(t, spec.hash_dims, spec.ngram_max), ds.text):
-        indices.extend(h.keys())
-        data.extend(h.values())
-        indptr.append(len(indices))
-    hashed = sparse.csr_matrix((np.array(data, np.float32), np.array(indices, np.int32), np.array(indptr)),
-                               shape=(len(ds), spec.hash_dims))  # fmt: skip
+    index: dict[str, int] = {}
+    row_text = np.fromiter((index.setdefault(t, len(index)) for t in ds.text), dtype=np.int64, count=len(ds))
+    hashed = hashed_counts(list(index), spec.hash_dims, spec.ngram_max)[row_text]
     return sparse.hstack([dense, hashed], format="csr", dtype=np.float32)

@@ -14,6 +14,7 @@ from mosaic.predictors.features import (
     build_features,
     dense_features,
     hash_ngrams,
+    hashed_counts,
     text_stats,
 )
 from mosaic.predictors.length_data import LengthDataset
@@ -42,6 +43,21 @@ def test_columns_match_names_and_hashing_is_deterministic() -> None:
     assert dense[0, -16:].sum() == 7
     assert hash_ngrams("Hello hello world", 1000, 1) == hash_ngrams("hello HELLO world", 1000, 1)
     assert sum(hash_ngrams("Hello hello world", 1000, 1).values()) == 3
+
+
+def test_bulk_hashing_equals_hashing_each_text() -> None:
+    rng = np.random.default_rng(0)
+    vocab = ["a", "B", "c1", "dd", "e_e", "2", "x", "Ä"]
+    texts = [" ".join(rng.choice(vocab, size=int(rng.integers(0, 12)))) + rng.choice(["", "?", " {;}"])
+             for _ in range(60)] + ["", "one", "a a a a"]  # fmt: skip
+    for dims, n in ((1000, 1), (16, 2), (7, 3)):
+        bulk = hashed_counts(texts, dims, n).toarray()
+        for i, t in enumerate(texts):
+            one = np.zeros(dims, np.float32)
+            for b, v in hash_ngrams(t, dims, n).items():
+                one[b] = v
+            np.testing.assert_array_equal(bulk[i], one, err_msg=f"{t!r}, dims {dims}, n-grams up to {n}")
+    assert hashed_counts([], 8, 2).shape == (0, 8)
 
 
 def test_text_stats_counts() -> None:

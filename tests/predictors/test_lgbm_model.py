@@ -16,7 +16,7 @@ from mosaic.predictors import features
 from mosaic.predictors.factory import build_length_predictor
 from mosaic.predictors.length_data import TOY_EXPERTS, LengthDataset, split_by_query, toy
 from mosaic.predictors.length_eval import compare_fitted, evaluate
-from mosaic.predictors.lgbm import LGBMParams, LightGBMLengthPredictor, sidecar_path
+from mosaic.predictors.lgbm import LGBMParams, LightGBMLengthPredictor, sidecar_path, usable_cores
 from mosaic.predictors.linear import LinearLengthPredictor
 
 PARAMS = LGBMParams(num_boost_round=120, hash_dims=32)
@@ -68,6 +68,10 @@ def test_training_is_deterministic_and_reports_progress(split) -> None:
         LGBMParams(num_boost_round=0)
     with pytest.raises(ConfigError, match=r"feature_fraction=1\.5"):
         LGBMParams(feature_fraction=1.5)
+    with pytest.raises(ConfigError, match="num_threads=-1"):
+        LGBMParams(num_threads=-1)
+    assert LGBMParams().threads() == usable_cores() >= 1  # 0: every usable core
+    assert LGBMParams(num_threads=1).booster_params("mean")["num_threads"] == 1
 
 
 def test_save_load_round_trip(tmp_path: Path, split, model) -> None:
