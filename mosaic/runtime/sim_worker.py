@@ -218,6 +218,27 @@ class WorkerSim:
             self._run(-_INF, 1)
         return self._next
 
+    def dry_bound(self) -> float:
+        """A lower bound on when the queue runs dry (the end of the admission of its last request; the next event's
+        end when nothing is queued): every admission after the next event adds its prefill, and a head that needs
+        another expert first waits for the running batch's remaining decode steps (``step_base_s`` each at least)
+        and the unload + load."""
+        nxt = self.next_event_time()
+        queue = self._queue
+        if not queue:
+            return nxt
+        prefill = [r[3] / self.cost(r[2])[1] for r in queue]
+        head = queue[0][2]
+        if head == self.resident:
+            return nxt + (1.0 - 1e-9) * (sum(prefill) - prefill[0])  # (1 - 1e-9): summed here in another order
+        steps = max(item[0] for item in self._heap) - self._step if self._heap else 0
+        if self.resident is not None:
+            load = self.cost(self.resident)[7] + self.cost(head)[0]
+            drain = self.clock + steps * self.cost(self.resident)[2]
+        else:
+            load, drain = self.cost(head)[0], self.clock
+        return max(nxt, drain + (1.0 - 1e-9) * (load + sum(prefill)))
+
     def step(self) -> float:
         """Apply exactly one event (nothing when idle); returns the clock."""
         self._run(_INF, 1)

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 
 from mosaic.core.errors import ConfigError
 from mosaic.core.trace import EXPERT_STAGE, TraceWriter
 from mosaic.core.types import plan_from_order
+from mosaic.envs.dispatch import Dispatcher
 from mosaic.envs.policies import heuristic, random_policy, rollout
 from mosaic.envs.reschedule import RescheduleEnv, plan_instance
 from mosaic.runtime.sim import SimBackend
@@ -33,6 +36,16 @@ def test_same_seed_same_rollout(start: str, small_instances) -> None:
     a, b = _trajectory(make(), 7), _trajectory(make(), 7)
     assert a == b
     assert a != _trajectory(make(), 8)
+
+
+@pytest.mark.parametrize("start", ["empty", "plan"])
+def test_lookahead_gives_the_lockstep_rollout(start: str, noisy_instances, monkeypatch) -> None:
+    """Advancing queued workers up to the others' dry bounds (then catching the rest up before a decision) sees
+    the same states, rewards and masks as advancing every worker one event time at a time."""
+    make = lambda: RescheduleEnv(noisy_instances, start=start, plan_scheduler="greedy-lpt")  # noqa: E731
+    ahead = _trajectory(make(), 3, 400)
+    monkeypatch.setattr("mosaic.envs.reschedule.Dispatcher", functools.partial(Dispatcher, lookahead=False))
+    assert _trajectory(make(), 3, 400) == ahead
 
 
 def test_observations_in_space_and_masks_valid(small_instances) -> None:

@@ -194,6 +194,21 @@ def _recomputed_next(sim, table):
     return fresh.next_event_time()
 
 
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_dry_bound_is_a_lower_bound(rt, data):
+    items, table, resident = data.draw(rt.worker_cases())
+    sim = _worker(table, resident)
+    sim.enqueue(items)
+    sim.advance(math.inf, data.draw(st.integers(0, len(items))))  # somewhere along the run
+    bound = sim.dry_bound()
+    if sim.queued:
+        sim.advance_until_dry(math.inf)
+        assert sim.queued == 0 and bound <= sim.clock
+    else:
+        assert bound == sim.next_event_time()
+
+
 def test_advance_until_dry_stops_at_the_last_admission(rt):
     mc = rt.mcost(prefill_tps=10.0, base=0.1, per_seq=0.0, per_kv=0.0)
     sim = _worker({"a": mc}, resident="a")
