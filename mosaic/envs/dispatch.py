@@ -325,7 +325,8 @@ class Dispatcher:
             r = ids.pop()
             got.append(r)
             work += pred[r]
-            pw[bucket[r]] = max(pw[bucket[r]] - pred[r], 0.0)  # no negative float residue
+            left = pw[bucket[r]] - pred[r]
+            pw[bucket[r]] = left if left > 0.0 else 0.0  # no negative float residue (max() costs a call)
         if not ids:
             self.pwork[e] = [0.0] * len(pw)  # no float residue once the expert's pool is empty
         self.pool_total -= len(got)
@@ -369,7 +370,8 @@ class Dispatcher:
         work, count = self.qwork[w], self.qcount[w]
         for r in ids:
             e = expert_of[r]
-            work[e] = max(work[e] + pred[r], _MIN_WORK)
+            queued = work[e] + pred[r]
+            work[e] = queued if queued > _MIN_WORK else _MIN_WORK
             count[e] += 1
         self._sync(w)
 
@@ -388,7 +390,8 @@ class Dispatcher:
                 e, s = expert_of[r], pred_s[r]
                 total += s
                 count[e] -= 1
-                work[e] = max(work[e] - s, _MIN_WORK) if count[e] else 0.0
+                left = work[e] - s
+                work[e] = (left if left > _MIN_WORK else _MIN_WORK) if count[e] else 0.0
             self.admitted_pred[i] += total
             self.executed[i].extend(admitted)
         self._refresh(i)

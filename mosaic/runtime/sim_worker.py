@@ -142,6 +142,7 @@ class WorkerSim:
         self._seq = 0  # admissions so far (heap tie-break)
         self._next = _INF  # end time of the next event, set by _run
         self._next_known = False  # _next holds for the current state (no request moved since the last _run)
+        self._prefill_s: float | None = 0.0  # prefill seconds of the queued requests (None: not known)
 
     # --- state queries ---------------------------------------------------------------------------------------
 
@@ -189,6 +190,7 @@ class WorkerSim:
         """Append requests to the queue. With ``now``: first advance to ``now``, admit nothing before it, and
         let an idle worker's clock jump to ``now`` (it cannot have started the new work earlier).
         The next event depends on the queue's head only, so it changes only when the queue was empty."""
+        self._prefill_s = None
         if now is None:
             self._next_known = self._next_known and bool(self._queue)
             self._queue.extend(requests)
@@ -209,6 +211,7 @@ class WorkerSim:
         if taken:
             head = self._queue[0]
             self._queue = deque(r for r in self._queue if r.request_id not in ids)
+            self._prefill_s = None
             self._next_known = self._next_known and bool(self._queue) and self._queue[0] is head
         return taken
 
@@ -227,17 +230,19 @@ class WorkerSim:
         queue = self._queue
         if not queue:
             return nxt
-        prefill = [r[3] / self.cost(r[2])[1] for r in queue]
+        if self._prefill_s is None:
+            self._prefill_s = sum(r[3] / self.cost(r[2])[1] for r in queue)
+        shrink = 1.0 - 1e-9  # the sums here add in another order than the clock does
         head = queue[0][2]
         if head == self.resident:
-            return nxt + (1.0 - 1e-9) * (sum(prefill) - prefill[0])  # (1 - 1e-9): summed here in another order
+            return nxt + shrink * (self._prefill_s - queue[0][3] / self.cost(head)[1])
         steps = max(item[0] for item in self._heap) - self._step if self._heap else 0
         if self.resident is not None:
             load = self.cost(self.resident)[7] + self.cost(head)[0]
             drain = self.clock + steps * self.cost(self.resident)[2]
         else:
             load, drain = self.cost(head)[0], self.clock
-        return max(nxt, drain + (1.0 - 1e-9) * (load + sum(prefill)))
+        return max(nxt, drain + shrink * (load + self._prefill_s))
 
     def step(self) -> float:
         """Apply exactly one event (nothing when idle); returns the clock."""
@@ -275,7 +280,7 @@ class WorkerSim:
         push, pop = heapq.heappush, heapq.heappop
         t, s, kv, reserved, seq = self.clock, self._step, self._kv, self._reserved, self._seq
         busy, loading, last_end, done = self.busy_s, self.loading_s, self.last_end, 0
-        resident = self.resident
+        resident, prefill_s = self.resident, self._prefill_s
         tps = base = per_seq = per_kv = unload = 0.0  # unload: seconds to free the resident expert
         mb = kvcap = 0
         if resident is not None:
@@ -312,6 +317,8 @@ class WorkerSim:
                             nxt = end
                             break
                         queue.popleft()
+                        if prefill_s is not None:  # the env's running sum (dry_bound)
+                            prefill_s = prefill_s - head[3] / tps if queue else 0.0
                         if until_dry and not queue:
                             limit = -_INF  # the queue ran dry: apply nothing more
                         push(heap, (s + head[4], seq, t, head))
@@ -363,6 +370,7 @@ class WorkerSim:
                 last_end = t
         self.clock, self._step, self._kv, self._reserved, self._seq = t, s, kv, reserved, seq
         self.busy_s, self.loading_s, self.last_end, self.resident = busy, loading, last_end, resident
+        self._prefill_s = prefill_s
         self.completed += done
         self._next, self._next_known = nxt, True
         return events
