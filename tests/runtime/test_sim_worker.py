@@ -200,8 +200,11 @@ def test_dry_bound_is_a_lower_bound(rt, data):
     items, table, resident = data.draw(rt.worker_cases())
     sim = _worker(table, resident)
     sim.enqueue(items)
+    sim.dry_bound()  # from here on the queued prefill seconds are a running sum, updated at each admission
     sim.advance(math.inf, data.draw(st.integers(0, len(items))))  # somewhere along the run
     bound = sim.dry_bound()
+    fresh = sum(r.prompt_tokens / table[r.expert].prefill_tps for r in sim.pending())
+    assert sim._prefill_s == pytest.approx(fresh, rel=1e-12, abs=1e-12)
     if sim.queued:
         sim.advance_until_dry(math.inf)
         assert sim.queued == 0 and bound <= sim.clock
