@@ -17,6 +17,14 @@ def _worker(table, resident=None, start=0.0):
     return WorkerSim(0, table.__getitem__, "expert", start, resident)
 
 
+def _whole_run(items, table, resident):
+    """A worker that ran ``items`` in one call."""
+    sim = _worker(table, resident)
+    sim.enqueue(items)
+    sim.run_until_idle()
+    return sim
+
+
 def _timings(sim):
     reqs = {r.request_id: (r.start, r.end) for r in sim.records if isinstance(r, RequestRecord)}
     loads = [(r.expert, r.start, r.end) for r in sim.records if isinstance(r, LoadRecord)]
@@ -145,10 +153,7 @@ def test_event_driven_matches_brute_force(rt, data):
 @given(data=st.data())
 def test_stepping_and_advance_to_equal_one_run(rt, data):
     items, table, resident = data.draw(rt.worker_cases())
-    whole = _worker(table, resident)
-    whole.enqueue(items)
-    whole.run_until_idle()
-    stepped = _worker(table, resident)
+    whole, stepped = _whole_run(items, table, resident), _worker(table, resident)
     stepped.enqueue(items)
     while not stepped.is_idle:
         t = stepped.next_event_time()
@@ -165,10 +170,7 @@ def test_bulk_advance_equals_one_run_and_next_event_time_is_fresh(rt, data):
     """advance / advance_until_dry in random chunks give the records of one run; the remembered next-event time
     always equals a recomputation; advance_until_dry stops right after the admission that empties the queue."""
     items, table, resident = data.draw(rt.worker_cases())
-    whole = _worker(table, resident)
-    whole.enqueue(items)
-    whole.run_until_idle()
-    sim = _worker(table, resident)
+    whole, sim = _whole_run(items, table, resident), _worker(table, resident)
     sim.enqueue(items)
     while not sim.is_idle:
         t = sim.next_event_time()
