@@ -290,7 +290,6 @@ class WorkerSim:
         while True:
             if events >= max_events:
                 limit = -_INF  # apply nothing more, but still find when the next event ends
-
             b = len(heap)
             wait_arrival = _INF  # a same-expert head that fits but has not arrived: decode only until it does
             if queue:
@@ -359,11 +358,9 @@ class WorkerSim:
                 kv -= tokens
                 reserved -= tokens
                 r = it[6]
-                if not keep:
-                    pass
-                elif r is None:
+                if keep and r is None:
                     emit(request_record(stage, it[0], it[1], it[2], wid, st, t, it[3], it[4]))
-                else:
+                elif keep:
                     emit(request_record(stage, it[0], it[1], it[2], wid, st, t, it[3], it[4], r.answer, r.correct,
                                        r.text))  # fmt: skip
                 done += 1
