@@ -436,8 +436,10 @@ class Dispatcher:
 
     def _event(self, i: int) -> None:
         """Apply the next event of worker ``i`` (the earliest of all workers) and the run of its events after it
-        that cannot create a decision point, up to the next event of any other worker: while requests stay queued
-        (up to the admission that empties the queue), or, with none queued, until it goes idle."""
+        that cannot create a decision point: while requests stay queued, up to the admission that empties the
+        queue and no later than another worker could need a decision (:attr:`calm_t`; workers left behind catch
+        up before a decision, :meth:`_catch_up`); with none queued, until it goes idle, up to the next event of
+        any other worker."""
         sim = self.sims[i]
         was_idle = sim.is_idle
         nt, own = self.next_t, self.next_t[i]
