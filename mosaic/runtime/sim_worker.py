@@ -142,7 +142,7 @@ class WorkerSim:
         self._seq = 0  # admissions so far (heap tie-break)
         self._next = _INF  # end time of the next event, set by _run
         self._next_known = False  # _next holds for the current state (no request moved since the last _run)
-        self._prefill_s: float | None = 0.0  # prefill seconds of the queued requests (None: not known)
+        self._prefill_s: float | None = None  # prefill seconds of the queued requests (None: not tracked yet)
 
     # --- state queries ---------------------------------------------------------------------------------------
 
@@ -190,7 +190,9 @@ class WorkerSim:
         """Append requests to the queue. With ``now``: first advance to ``now``, admit nothing before it, and
         let an idle worker's clock jump to ``now`` (it cannot have started the new work earlier).
         The next event depends on the queue's head only, so it changes only when the queue was empty."""
-        self._prefill_s = None
+        if self._prefill_s is not None:  # kept up to date once dry_bound has asked for it
+            requests = list(requests)
+            self._prefill_s += self._prefill_of(requests)
         if now is None:
             self._next_known = self._next_known and bool(self._queue)
             self._queue.extend(requests)
@@ -211,7 +213,8 @@ class WorkerSim:
         if taken:
             head = self._queue[0]
             self._queue = deque(r for r in self._queue if r.request_id not in ids)
-            self._prefill_s = None
+            if self._prefill_s is not None:
+                self._prefill_s = self._prefill_of(self._queue)  # recomputed: no residue from subtracting
             self._next_known = self._next_known and bool(self._queue) and self._queue[0] is head
         return taken
 
@@ -231,7 +234,7 @@ class WorkerSim:
         if not queue:
             return nxt
         if self._prefill_s is None:
-            self._prefill_s = sum(r[3] / self.cost(r[2])[1] for r in queue)
+            self._prefill_s = self._prefill_of(queue)
         shrink = 1.0 - 1e-9  # the sums here add in another order than the clock does
         head = queue[0][2]
         if head == self.resident:
@@ -243,6 +246,13 @@ class WorkerSim:
         else:
             load, drain = self.cost(head)[0], self.clock
         return max(nxt, drain + shrink * (load + self._prefill_s))
+
+    def _prefill_of(self, requests: Iterable[SimRequest]) -> float:
+        """Prefill seconds of ``requests``, each at its expert's prefill rate."""
+        cache, total = self._cache, 0.0
+        for r in requests:
+            total += r[3] / (cache.get(r[2]) or self.cost(r[2]))[1]
+        return total
 
     def step(self) -> float:
         """Apply exactly one event (nothing when idle); returns the clock."""
