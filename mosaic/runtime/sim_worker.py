@@ -190,19 +190,19 @@ class WorkerSim:
         """Append requests to the queue. With ``now``: first advance to ``now``, admit nothing before it, and
         let an idle worker's clock jump to ``now`` (it cannot have started the new work earlier).
         The next event depends on the queue's head only, so it changes only when the queue was empty."""
+        requests = list(requests)
+        if now is not None:
+            if not (self._next_known and self._next > now):  # else no event ends by ``now``
+                self.advance_to(now)
+            if self.is_idle and self.clock < now:
+                self.clock = float(now)
         if self._prefill_s is not None:  # kept up to date once dry_bound has asked for it
-            requests = list(requests)
             self._prefill_s += self._prefill_of(requests)
+        self._next_known = self._next_known and bool(self._queue)
         if now is None:
-            self._next_known = self._next_known and bool(self._queue)
             self._queue.extend(requests)
             return
-        if not (self._next_known and self._next > now):  # else no event ends by ``now``
-            self.advance_to(now)
-        if self.is_idle and self.clock < now:
-            self.clock = float(now)
         now = float(now)
-        self._next_known = self._next_known and bool(self._queue)
         new = tuple.__new__  # SimRequest._replace(arrival=now), without its per-call overhead (the env's hot path)
         self._queue.extend(r if r[5] >= now else new(SimRequest, (*r[:5], now, r[6])) for r in requests)
 
@@ -231,10 +231,10 @@ class WorkerSim:
         and the unload + load."""
         nxt = self.next_event_time()
         queue = self._queue
+        if self._prefill_s is None:  # tracked from now on (enqueue, admissions, remove_pending)
+            self._prefill_s = self._prefill_of(queue)
         if not queue:
             return nxt
-        if self._prefill_s is None:
-            self._prefill_s = self._prefill_of(queue)
         shrink = 1.0 - 1e-9  # the sums here add in another order than the clock does
         head = queue[0][2]
         if head == self.resident:

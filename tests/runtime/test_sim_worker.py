@@ -204,7 +204,9 @@ def test_dry_bound_is_a_lower_bound(rt, data):
     half = len(items) // 2
     sim.enqueue(items[:half])
     sim.dry_bound()  # from here on the queued prefill seconds are a running sum (enqueue, admissions)
-    sim.enqueue(items[half:])
+    sim.advance(math.inf, data.draw(st.integers(0, half)))
+    later = sim.clock + data.draw(st.floats(0.0, 20.0))  # enqueue(now) first runs the worker up to now
+    sim.enqueue(items[half:], later if data.draw(st.booleans()) else None)
     sim.advance(math.inf, data.draw(st.integers(0, len(items))))  # somewhere along the run
     bound = sim.dry_bound()
     fresh = sum(r.prompt_tokens / table[r.expert].prefill_tps for r in sim.pending())
