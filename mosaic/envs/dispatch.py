@@ -141,7 +141,7 @@ class Dispatcher:
     """One episode: workers, the pool of unassigned requests, and the decision loop (see the module docstring).
 
     The per-worker and per-expert tallies are plain lists (the env reads and updates single entries on every event,
-    where numpy's per-call overhead dominates); :attr:`queued_work`, :attr:`pool_work` and friends give arrays."""
+    where numpy's per-call overhead dominates); :attr:`pool_work` and :attr:`pool_count` give arrays."""
 
     def __init__(
         self,
@@ -215,16 +215,6 @@ class Dispatcher:
         return len(self.sims)
 
     @property
-    def queued_work(self) -> np.ndarray:
-        """Worker x expert -> predicted seconds queued (a new array)."""
-        return np.array(self.qwork, dtype=float).reshape(len(self.sims), self.n_slots)
-
-    @property
-    def queued_count(self) -> np.ndarray:
-        """Worker x expert -> requests queued (a new array)."""
-        return np.array(self.qcount, dtype=np.int64).reshape(len(self.sims), self.n_slots)
-
-    @property
     def pool_work(self) -> np.ndarray:
         """Expert x bucket -> predicted seconds pooled (a new array)."""
         return np.array(self.pwork, dtype=float)
@@ -234,11 +224,16 @@ class Dispatcher:
         """Expert -> requests pooled (a new array)."""
         return np.array(self.pcount, dtype=np.int64)
 
-    def stealable(self) -> np.ndarray:
-        """Worker x expert -> predicted seconds another worker may steal (a head run whose load started excluded)."""
-        return np.array(self._stealable(), dtype=float).reshape(len(self.sims), self.n_slots)
+    def stealable(self) -> list[list[float]]:
+        """Worker x expert -> predicted seconds the deciding worker may steal: its own row zero, and a head run
+        whose load started excluded (the cached rows of the pending decision; do not modify)."""
+        if self.deciding is not None:
+            self._valid(self.deciding)
+            return self._steal_cache
+        return self._stealable()
 
     def _stealable(self) -> list[list[float]]:
+        """Worker x expert -> predicted seconds any other worker may steal (a new list of rows)."""
         out = [row[:] for row in self.qwork]  # queued work is >= _MIN_WORK wherever anything is queued
         p = self.p
         for i, sim in enumerate(self.sims):
@@ -247,11 +242,8 @@ class Dispatcher:
                 out[i][p.expert_list[tr[0]]] = 0.0  # its load is under way
         return out
 
-    def remaining(self) -> np.ndarray:
-        """Worker -> predicted seconds left: queued work + admitted work not yet covered by busy time."""
-        return np.array(self._remaining())
-
     def _remaining(self) -> list[float]:
+        """Worker -> predicted seconds left: queued work + admitted work not yet covered by busy time."""
         rows = zip(self.qwork, self.admitted_pred, self.sims, strict=True)
         return [sum(q) + max(a - s.busy_s, 0.0) for q, a, s in rows]
 
@@ -292,8 +284,7 @@ class Dispatcher:
         w = self.deciding
         if w is None:
             raise PlanError("reschedule env: no decision is pending")
-        self._valid(w)
-        steal = self._steal_cache
+        steal = self.stealable()
         self.deciding, self._mask, self._steal_cache = None, None, None
         if action == self.wait_action:
             self.waits += 1

@@ -242,7 +242,7 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
 
     def _fallback(self, mask: np.ndarray) -> int:
         d = self._dispatcher()
-        pooled = np.where(mask[: self.n_slots], np.array([sum(w) for w in d.pwork]) + 1e-12, -1.0)
+        pooled = np.where(mask[: self.n_slots], d.pool_work.sum(axis=1) + 1e-12, -1.0)
         if pooled.max() >= 0:
             return int(pooled.argmax())
         return d.steal_action if mask[d.steal_action] else d.wait_action
@@ -274,7 +274,7 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
         for slot, row in zip(slots, d.qwork, strict=True):
             if slot < n_s and not row[slot]:
                 serving[slot] += 1
-        stolen = map(sum, zip(*self._steal_view(d), strict=True))
+        stolen = map(sum, zip(*d.stealable(), strict=True))
         for pw, *rest in zip(d.pwork, stolen, p.load_list, serving, strict=True):
             put(pw)
             put(rest)
@@ -293,16 +293,6 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
             expert = [inv] * n_b + [inv, inv, 1.0 / self.n_workers]
             scale = p.obs_scale = np.array(worker * self.n_workers + expert * n_s + [inv] * _GLOBAL_FEATURES)
         return scale
-
-    @staticmethod
-    def _steal_view(d: Dispatcher) -> list[list[float]]:
-        """Stealable work per worker x expert as the deciding worker sees it (its own row zero)."""
-        if d.deciding is not None and d._steal_cache is not None:
-            return d._steal_cache  # _valid zeroed the deciding row
-        steal = d._stealable()
-        if d.deciding is not None:
-            steal[d.deciding] = [0.0] * d.n_slots
-        return steal
 
 
 def _check_modes(start: str, order: str, reward_ref: str, render_mode: str | None, renders: list[str]) -> None:
