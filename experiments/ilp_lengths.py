@@ -6,13 +6,19 @@ the true lengths of one half (the "past traffic"), and the scheduler plans the o
 saw, once per cost predictor; the simulator replays the true lengths. ``--mode cross-seed`` instead trains on the
 same config with seed+1 and runs the pipeline's own ``prepare`` with ``costs.predictor=lightgbm:PATH``.
 
-    python experiments/ilp_lengths.py [--config experiments/configs/mmlu_pro.yaml] [--scheduler mosaic-ilp]
+One table per workload seed; with several seeds (``--seeds 0 1 2 3 4``) a summary follows: each predictor's
+makespan change against the configured means, per seed and as a mean with its 95% confidence interval (a seed's
+change is mostly decided by which workers draw the few requests that reach the generation cap, so one seed says
+little). Makespans of every seed go to ``OUT/CONFIG-MODE-summary.json``.
+
+    python experiments/ilp_lengths.py [--config experiments/configs/mmlu_pro.yaml] [--seeds 0 1 2 3 4]
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import json
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -31,6 +37,7 @@ from mosaic.pipeline import Experiment, prepare, run_scheduler
 from mosaic.predictors.factory import build_cost_model
 from mosaic.predictors.length_data import rows_from_workload
 from mosaic.predictors.lgbm import LightGBMLengthPredictor
+from mosaic.report.metrics import mean_ci
 from mosaic.workloads import expert_means
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -41,7 +48,7 @@ console = Console(width=None if sys.stdout.isatty() else 180)  # wide tables whe
 class Args:
     config: str = str(ROOT / "experiments" / "configs" / "mmlu_pro.yaml")  # paper workload config
     schedulers: str = "mosaic-ilp,greedy-lpt"  # comma-separated; mosaic-ilp is skipped when not registered
-    seed: int = 0  # workload seed (cross-seed mode trains on seed + 1)
+    seeds: tuple[int, ...] = (0,)  # workload seeds, one run each (cross-seed mode trains on seed + 1)
     mode: str = "heldout"  # heldout: train on half the queries, plan the other half | cross-seed
     train_frac: float = 0.5  # heldout: share of queries whose true lengths train the model
     out: str = "runs/ilp_lengths"  # where the model and the scatter PNG go
@@ -128,7 +135,7 @@ def label_of(predictor: str) -> str:
 def heldout_runs(cfg: RunConfig, args: Args, scheds: list[str], path: Path) -> dict:
     """Predictor -> (experiment, {scheduler: run}) on the held-out queries."""
     full = prepare(cfg)
-    rng = np.random.default_rng(args.seed + 1000)
+    rng = np.random.default_rng(cfg.seed + 1000)
     perm = rng.permutation(len(full.workload.queries))
     n_train = round(args.train_frac * len(perm))
     train_model(full.workload, full.responses, set(perm[:n_train].tolist()), path)
@@ -140,14 +147,14 @@ def heldout_runs(cfg: RunConfig, args: Args, scheds: list[str], path: Path) -> d
     return out
 
 
-def cross_seed_runs(cfg_path: str, args: Args, scheds: list[str], path: Path) -> dict:
+def cross_seed_runs(cfg_path: str, seed: int, scheds: list[str], path: Path) -> dict:
     """Predictor -> (experiment, {scheduler: run}) through ``prepare`` with ``costs.predictor`` overridden."""
-    train = prepare(load_config(cfg_path, [f"seed={args.seed + 1}"]))
+    train = prepare(load_config(cfg_path, [f"seed={seed + 1}"]))
     train_model(train.workload, train.responses, set(range(len(train.workload.queries))), path)
     out: dict = {}
     for p in predictors(path):
         spec, expected = split_expected(p)
-        exp = prepare(load_config(cfg_path, [f"seed={args.seed}", f"costs.predictor={spec}",
+        exp = prepare(load_config(cfg_path, [f"seed={seed}", f"costs.predictor={spec}",
                                              f"costs.expected={str(expected).lower()}"]))  # fmt: skip
         out[p] = (exp, {s: run_scheduler(exp, s) for s in scheds})
     return out
@@ -195,21 +202,73 @@ def scatter(runs: dict, path: Path) -> None:
     console.print(f"scatter -> {path}")
 
 
-def main() -> None:
-    args = parse_args()
-    scheds = scheduler_names(args.schedulers)
-    cfg = load_config(args.config, [f"seed={args.seed}"])
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    model = out / f"{cfg.name}-{args.mode}-s{args.seed}.lgbm"
+def changes(per_seed: dict[int, dict], scheds: list[str]) -> dict[tuple[str, str], list[float]]:
+    """(scheduler, predictor) -> makespan change against the configured means, one value per seed."""
+    out: dict[tuple[str, str], list[float]] = {}
+    for runs in per_seed.values():
+        for s in scheds:
+            ref = runs["mean"][1][s].metrics.expert_makespan
+            for p, (_, by_sched) in runs.items():
+                out.setdefault((s, label_of(p)), []).append(by_sched[s].metrics.expert_makespan / ref - 1)
+    return out
+
+
+def summary(per_seed: dict[int, dict], scheds: list[str], title: str) -> Table:
+    """Mean change (95% CI) against the configured means over the seeds, the per-seed changes, seeds better."""
+    seeds = ", ".join(str(k) for k in per_seed)
+    table = Table("scheduler", Column("cost predictor", no_wrap=True), "mean vs mean (95% CI)",
+                  f"per seed ({seeds})", "seeds faster", title=title)  # fmt: skip
+    last = None
+    for (s, label), values in changes(per_seed, scheds).items():
+        if last is not None and s != last:
+            table.add_section()
+        last = s
+        mean, half = mean_ci(values)
+        table.add_row(s, label, f"{mean:+.1%} ± {half:.1%}", " ".join(f"{v:+.1%}" for v in values),
+                      f"{sum(v < 0 for v in values)}/{len(values)}")  # fmt: skip
+    return table
+
+
+def summary_json(per_seed: dict[int, dict], path: Path) -> None:
+    """Every seed's simulated, predicted and lower-bound makespans by scheduler and predictor."""
+    data = {str(seed): {label_of(p): {s: {"makespan_s": r.metrics.expert_makespan,
+                                          "predicted_s": r.metrics.predicted_makespan,
+                                          "lower_bound_s": r.metrics.lower_bound} for s, r in by_sched.items()}
+                        for p, (_, by_sched) in runs.items()} for seed, runs in per_seed.items()}  # fmt: skip
+    path.write_text(json.dumps(data, indent=1))
+    console.print(f"makespans -> {path}")
+
+
+def run_seed(args: Args, seed: int, scheds: list[str], out: Path) -> dict:
+    """One seed: train, plan with every predictor, print its table and write its scatter PNG."""
+    cfg = load_config(args.config, [f"seed={seed}"])
+    model = out / f"{cfg.name}-{args.mode}-s{seed}.lgbm"
     if args.mode == "cross-seed":
-        runs = cross_seed_runs(args.config, args, scheds, model)
+        runs = cross_seed_runs(args.config, seed, scheds, model)
     else:
         runs = heldout_runs(cfg, args, scheds, model)
     wl = next(iter(runs.values()))[0].workload
-    report(runs, scheds, f"{wl.name} ({len(wl.queries)} queries, {len(wl.requests)} requests, "
-                        f"{args.mode}): expert-stage makespan by cost predictor")  # fmt: skip
-    scatter(runs, out / f"{cfg.name}-{args.mode}-s{args.seed}-scatter.png")
+    report(runs, scheds, f"{wl.name} ({len(wl.queries)} queries, {len(wl.requests)} requests, {args.mode}, "
+                        f"seed {seed}): expert-stage makespan by cost predictor")  # fmt: skip
+    scatter(runs, out / f"{cfg.name}-{args.mode}-s{seed}-scatter.png")
+    return runs
+
+
+def main() -> None:
+    args = parse_args()
+    if args.mode not in ("heldout", "cross-seed"):
+        raise SystemExit(f"--mode must be heldout or cross-seed, got {args.mode!r}")
+    if not args.seeds:
+        raise SystemExit("--seeds needs at least one workload seed")
+    scheds = scheduler_names(args.schedulers)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    per_seed = {seed: run_seed(args, seed, scheds, out) for seed in dict.fromkeys(args.seeds)}
+    name = load_config(args.config).name
+    if len(per_seed) > 1:
+        console.print(summary(per_seed, scheds, f"{name} ({args.mode}): expert-stage makespan against the "
+                                                f"configured means over {len(per_seed)} seeds"))  # fmt: skip
+    summary_json(per_seed, out / f"{name}-{args.mode}-summary.json")
 
 
 if __name__ == "__main__":

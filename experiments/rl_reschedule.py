@@ -26,9 +26,10 @@ from mosaic.agents.rl import load_agent
 from mosaic.core.config import TrackingCfg, load_config
 from mosaic.core.script_args import parse_dataclass_args
 from mosaic.envs.commands import makespan_table
-from mosaic.envs.evaluation import compare_schedulers, mean_ci
+from mosaic.envs.evaluation import compare_schedulers
 from mosaic.envs.instances import TEST_STREAM, config_instances
 from mosaic.envs.training import TrainOptions, train
+from mosaic.report.metrics import mean_ci
 
 CONFIG = Path(__file__).resolve().parent / "configs" / "gpqa.yaml"
 

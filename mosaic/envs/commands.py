@@ -191,7 +191,7 @@ def skip_tables_for(instances: Sequence[Any], threshold: Any) -> tuple[list[Any]
 
 def write_results(out: Path, rows: Sequence[Any], trows: Sequence[Any]) -> None:
     """``makespans.csv``, ``thresholds.csv`` and ``results.json`` in ``out``."""
-    from mosaic.envs.evaluation import mean_ci
+    from mosaic.report.metrics import mean_ci
 
     with (out / "makespans.csv").open("w", newline="", encoding="utf-8") as fh:
         w = csv.writer(fh)
@@ -210,7 +210,7 @@ def write_results(out: Path, rows: Sequence[Any], trows: Sequence[Any]) -> None:
 
 def _track(cfg: RunConfig, args: argparse.Namespace, out: Path, rows: Sequence[Any], trows: Sequence[Any],
            png: Path) -> None:  # fmt: skip
-    from mosaic.envs.evaluation import mean_ci
+    from mosaic.report.metrics import mean_ci
     from mosaic.report.tracking import Tracker
 
     tracker = Tracker(_tracking(cfg, args), f"{cfg.name}__eval-agents__seed{cfg.seed}", {"seeds": args.seeds}, out)
@@ -230,7 +230,7 @@ def _track(cfg: RunConfig, args: argparse.Namespace, out: Path, rows: Sequence[A
 def makespan_table(rows: Sequence[Any], title: str) -> Table:
     """Mean and 95% CI of the makespan, makespan over the lower bound of the *predicted* lengths (below 1 when the
     predictions overestimate), mean per-instance speedup over round-robin."""
-    from mosaic.envs.evaluation import mean_ci
+    from mosaic.report.metrics import mean_ci
 
     base = next((r for r in rows if r.name == "round-robin" and r.makespans), None)
     table = Table("scheduler", "makespan (s)", "95% CI", "x LB (predicted)", "speedup vs RR", "note", title=title)

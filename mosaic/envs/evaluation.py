@@ -23,26 +23,11 @@ from mosaic.envs.dispatch import Instance
 from mosaic.envs.policies import Policy, heuristic, rollout
 from mosaic.envs.reschedule import RescheduleEnv, default_plan_scheduler, plan_instance
 from mosaic.envs.skip_tables import SkipTable, observations, stage_time
+from mosaic.report.metrics import mean_ci
 from mosaic.runtime.sim import SimBackend
 
 FIXED_THRESHOLDS = (("always aggregate", 1.01), ("fixed T=1", 1.0), ("fixed T=2/3", 2 / 3), ("skip all", 0.0))
 PolicyFactory = Callable[[RescheduleEnv], Policy]
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float]:
-    """(mean, half-width of the 95% confidence interval of the mean, Student t); half-width 0 for one value."""
-    x = np.asarray(values, dtype=float)
-    if x.size == 0:
-        return math.nan, math.nan
-    if x.size == 1:
-        return float(x[0]), 0.0
-    try:
-        from scipy.stats import t
-
-        q = float(t.ppf(0.975, x.size - 1))
-    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
-        q = 1.96
-    return float(x.mean()), q * float(x.std(ddof=1)) / math.sqrt(x.size)
 
 
 # --- makespans ---------------------------------------------------------------------------------------------------

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+
+import numpy as np
 
 from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, AggregationRecord, LoadRecord, Record, RequestRecord
 
@@ -129,3 +132,19 @@ def speedup(baseline: float, value: float) -> float:
     if value <= 0:
         return 1.0 if baseline <= 0 else float("inf")
     return baseline / value
+
+
+def mean_ci(values: Sequence[float]) -> tuple[float, float]:
+    """(mean, half-width of the 95% confidence interval of the mean, Student t); half-width 0 for one value."""
+    x = np.asarray(values, dtype=float)
+    if x.size == 0:
+        return math.nan, math.nan
+    if x.size == 1:
+        return float(x[0]), 0.0
+    try:
+        from scipy.stats import t
+
+        q = float(t.ppf(0.975, x.size - 1))
+    except ImportError:  # pragma: no cover - scipy comes with scikit-learn
+        q = 1.96
+    return float(x.mean()), q * float(x.std(ddof=1)) / math.sqrt(x.size)

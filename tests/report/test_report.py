@@ -6,7 +6,7 @@ from rich.console import Console
 from mosaic.core.config import TrackingCfg
 from mosaic.core.trace import AggregationRecord, LoadRecord, RequestRecord
 from mosaic.report.gantt import plot_gantt, segments
-from mosaic.report.metrics import RunMetrics, WorkerUsage, aggregation_summary, speedup, worker_usage
+from mosaic.report.metrics import RunMetrics, WorkerUsage, aggregation_summary, mean_ci, speedup, worker_usage
 from mosaic.report.table import comparison_table, paper_line, rows
 from mosaic.report.tracking import Tracker
 
@@ -28,6 +28,14 @@ def test_worker_usage_unions_batched_intervals():
     assert usage[0] == WorkerUsage(busy=25.0, loading=15.0, idle=0.0)
     assert usage[1] == WorkerUsage(busy=8.0, loading=0.0, idle=32.0)
     assert usage[2] == WorkerUsage(busy=0.0, loading=0.0, idle=40.0)
+
+
+def test_mean_ci_is_a_student_t_interval():
+    mean, half = mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert mean == 2.5
+    assert half == pytest.approx(3.182446 * 1.290994 / 2.0, rel=1e-5)  # t(0.975, 3) x sample std / sqrt(4)
+    assert mean_ci([7.0]) == (7.0, 0.0)
+    assert all(v != v for v in mean_ci([]))  # NaN, NaN
 
 
 def test_aggregation_summary():
