@@ -6,6 +6,10 @@ the true lengths of one half (the "past traffic"), and the scheduler plans the o
 saw, once per cost predictor; the simulator replays the true lengths. ``--mode cross-seed`` instead trains on the
 same config with seed+1 and runs the pipeline's own ``prepare`` with ``costs.predictor=lightgbm:PATH``.
 
+With synthetic responses two ideal predictors bound what any per-query predictor could give: each request's
+expected length given its query's whole difficulty (drawn by the response model; only the response's own noise
+unknown) and given the difficulty's visible part (domain and prompt length, all a feature-based model can read).
+
 One table per workload seed; with several seeds (``--seeds 0 1 2 3 4``) a summary follows: each predictor's
 makespan change against the configured means, per seed and as a mean with its 95% confidence interval (a seed's
 change is mostly decided by which workers draw the few requests that reach the generation cap, so one seed says
@@ -21,6 +25,7 @@ import importlib
 import json
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,13 +37,17 @@ from mosaic.agents import SCHEDULERS
 from mosaic.core.config import RunConfig, load_config
 from mosaic.core.script_args import parse_dataclass_args
 from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, RequestRecord, TraceWriter
-from mosaic.core.types import Responses, Workload
-from mosaic.pipeline import Experiment, prepare, run_scheduler
-from mosaic.predictors.factory import build_cost_model
+from mosaic.core.types import Request, Responses, Workload
+from mosaic.pipeline import Experiment, prepare, run_scheduler, workload_rng
+from mosaic.predictors.costmodel import ProfiledCostModel
+from mosaic.predictors.factory import build_cost_model, build_profile
+from mosaic.predictors.interface import LengthPredictor
 from mosaic.predictors.length_data import rows_from_workload
 from mosaic.predictors.lgbm import LightGBMLengthPredictor
 from mosaic.report.metrics import mean_ci
 from mosaic.workloads import expert_means
+from mosaic.workloads.build import response_model, synthetic_difficulty
+from mosaic.workloads.synthetic import expected_length
 
 ROOT = Path(__file__).resolve().parents[1]
 console = Console(width=None if sys.stdout.isatty() else 180)  # wide tables when piped to a file
@@ -126,7 +135,55 @@ def predictors(path: Path) -> list[str]:
     return ["mean", f"mean:{trace_of(path)}{EXPECTED}", lgbm, lgbm + EXPECTED, f"{lgbm}@p50", f"{lgbm}@p90", "oracle"]
 
 
+CEILINGS = {"ceiling:difficulty": "difficulty known (ceiling)", "ceiling:visible": "visible difficulty (ceiling)"}
+
+
+class KnownLengths(LengthPredictor):
+    """Predicted output tokens given per request id (the ideal predictors of :func:`ceiling_runs`)."""
+
+    name = "known"
+
+    def __init__(self, tokens: np.ndarray) -> None:
+        self.tokens = tokens
+
+    def predict(self, workload: Workload, requests: Sequence[Request]) -> np.ndarray:
+        return self.tokens[[r.id for r in requests]]
+
+
+def ceiling_tokens(full: Experiment, keep: np.ndarray, sub: Workload) -> dict[str, np.ndarray]:
+    """Spec -> expected output tokens of every request of ``sub`` (the queries ``keep`` of ``full``, renumbered)
+    given its query's whole difficulty and given its visible part; empty for recorded responses."""
+    cfg, wl = full.cfg, full.workload
+    if cfg.responses.model == "recorded":
+        return {}
+    visible, hidden = synthetic_difficulty(cfg, wl, workload_rng(cfg))
+    model = response_model(cfg, wl)
+    means = expert_means(cfg, wl)
+    mean = np.array([means[r.expert] for r in sub.requests])
+    query = keep[[r.query_id for r in sub.requests]]
+    return {"ceiling:difficulty": expected_length(mean, (visible + hidden)[query], 1.0, model.gamma),
+            "ceiling:visible": expected_length(mean, visible[query], model.visible, model.gamma)}  # fmt: skip
+
+
+def ceiling_runs(full: Experiment, keep: np.ndarray, base: Experiment, scheds: list[str]) -> dict:
+    """Spec -> (experiment, {scheduler: run}) of each ideal predictor on ``base`` (the planned queries)."""
+    out: dict = {}
+    for spec, tokens in ceiling_tokens(full, keep, base.workload).items():
+        costs = ProfiledCostModel(build_profile(base.cfg, base.workload), KnownLengths(tokens), base.workload)
+        exp = replace(base, costs=costs)
+        out[spec] = (exp, {s: run_scheduler(exp, s) for s in scheds})
+    return out
+
+
+def with_ceilings(runs: dict, ceilings: dict) -> dict:
+    """``runs`` with ``ceilings`` inserted before the oracle (the table's last row)."""
+    oracle = runs.pop("oracle")
+    return {**runs, **ceilings, "oracle": oracle}
+
+
 def label_of(predictor: str) -> str:
+    if predictor in CEILINGS:
+        return CEILINGS[predictor]
     spec, expected = split_expected(predictor)
     name = spec.split(":")[0] + (" (trace)" if spec.startswith("mean:") else "")
     return name + ("@" + spec.rsplit("@", 1)[1] if "@" in spec else "") + (" expected" if expected else "")
@@ -144,7 +201,7 @@ def heldout_runs(cfg: RunConfig, args: Args, scheds: list[str], path: Path) -> d
     for p in predictors(path):
         exp = sub_experiment(full, keep, p)
         out[p] = (exp, {s: run_scheduler(exp, s) for s in scheds})
-    return out
+    return with_ceilings(out, ceiling_runs(full, keep, out["mean"][0], scheds))
 
 
 def cross_seed_runs(cfg_path: str, seed: int, scheds: list[str], path: Path) -> dict:
@@ -157,7 +214,8 @@ def cross_seed_runs(cfg_path: str, seed: int, scheds: list[str], path: Path) -> 
         exp = prepare(load_config(cfg_path, [f"seed={seed}", f"costs.predictor={spec}",
                                              f"costs.expected={str(expected).lower()}"]))  # fmt: skip
         out[p] = (exp, {s: run_scheduler(exp, s) for s in scheds})
-    return out
+    base = out["mean"][0]
+    return with_ceilings(out, ceiling_runs(base, np.arange(len(base.workload.queries)), base, scheds))
 
 
 def report(runs: dict, scheds: list[str], title: str) -> None:

@@ -71,14 +71,18 @@ def scheduler_from_config(cfg: RunConfig, name: str) -> Scheduler:
         raise ConfigError(f"config field 'scheduler_options.{name}': bad value in {options}: {err}") from None
 
 
+def workload_rng(cfg: RunConfig) -> np.random.Generator:
+    """The generator :func:`prepare` builds ``cfg``'s workload with: child 0 of ``SeedSequence(cfg.seed)``."""
+    return np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(0,)))
+
+
 def prepare(cfg: RunConfig) -> Experiment:
     """Build workload, ground-truth responses, cost model and cluster from ``cfg`` (after checking every
     ``scheduler_options`` entry builds its scheduler)."""
     for name in cfg.scheduler_options:
         scheduler_from_config(cfg, name)
     seq = np.random.SeedSequence(cfg.seed)
-    wl_seq, _ = seq.spawn(2)
-    workload, responses = build_workload(cfg, np.random.default_rng(wl_seq))
+    workload, responses = build_workload(cfg, workload_rng(cfg))
     costs = build_cost_model(cfg, workload, expert_means(cfg, workload), responses).bind(workload)
     cluster = Cluster.homogeneous(cfg.cluster.workers, cfg.cluster.gpu_type, cfg.cluster.memory_gb)
     return Experiment(cfg, workload, responses, costs, cluster, seq)

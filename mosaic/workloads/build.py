@@ -16,7 +16,7 @@ from mosaic.workloads.presets import PAPER_EXPERTS, Preset, get_preset
 from mosaic.workloads.questions import load_questions, shared_data_dir, synthetic_questions
 from mosaic.workloads.registry import WORKLOADS
 from mosaic.workloads.router import SkillRouter
-from mosaic.workloads.synthetic import ResponseModel, synthesize
+from mosaic.workloads.synthetic import ResponseModel, difficulty_parts, synthesize
 
 AGGREGATOR_SUFFIX = "@agg"  # the aggregator is its own Expert entry: same model, distinct name in traces and costs
 BYTES_PER_PARAM = 2.0  # bf16 weights
@@ -81,7 +81,7 @@ def build_workload(cfg: RunConfig, rng: np.random.Generator) -> tuple[Workload, 
     preset = get_preset(cfg.workload.preset)
     ecfgs = expert_cfgs(cfg)
     agg_cfg = _aggregator(cfg, preset, ecfgs)
-    q_rng, route_rng, resp_rng, arr_rng = rng.spawn(4)
+    q_rng, route_rng, resp_rng, arr_rng = _streams(rng)
     queries = _arrivals(_questions(cfg, preset, q_rng), cfg.workload.arrival_rate, arr_rng)
     names = [e.name for e in ecfgs]
     router = SkillRouter.build(names, preset.skills, [q.domain for q in queries], cfg.workload.k, cfg.workload.skew,
@@ -94,9 +94,29 @@ def build_workload(cfg: RunConfig, rng: np.random.Generator) -> tuple[Workload, 
                               routes, aggregator, overhead)  # fmt: skip
     if cfg.responses.model == "recorded":
         return workload, recorded_responses(cfg.responses.path, workload)
-    accuracy = {**preset.accuracy, aggregator.name: preset.accuracy.get(agg_cfg.name, 0.8)}
-    model = ResponseModel(accuracy=accuracy, difficulty=preset.difficulty)
-    return workload, synthesize(workload, expert_means(cfg, workload), model, resp_rng)
+    return workload, synthesize(workload, expert_means(cfg, workload), response_model(cfg, workload), resp_rng)
+
+
+def _streams(rng: np.random.Generator) -> list[np.random.Generator]:
+    """The generators of :func:`build_workload`: questions, routing, responses, arrivals."""
+    return rng.spawn(4)
+
+
+def response_model(cfg: RunConfig, workload: Workload) -> ResponseModel:
+    """The synthetic response model of ``cfg``'s preset (the aggregator takes its base expert's accuracy)."""
+    preset = get_preset(cfg.workload.preset)
+    base = workload.aggregator.name.removesuffix(AGGREGATOR_SUFFIX)
+    accuracy = {**preset.accuracy, workload.aggregator.name: preset.accuracy.get(base, 0.8)}
+    return ResponseModel(accuracy=accuracy, difficulty=preset.difficulty)
+
+
+def synthetic_difficulty(cfg: RunConfig, workload: Workload, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """The (visible, hidden) difficulty parts of ``workload``'s queries that :func:`build_workload` drew for its
+    synthetic responses, given ``rng`` in the state ``build_workload`` got it (for analysis: what an ideal length
+    predictor could know). Raises ConfigError for recorded responses, which have no such difficulty."""
+    if cfg.responses.model == "recorded":
+        raise ConfigError("synthetic_difficulty: the config's responses are recorded, not synthetic")
+    return difficulty_parts(workload.queries, response_model(cfg, workload), _streams(rng)[2])
 
 
 def expert_means(cfg: RunConfig, workload: Workload) -> dict[str, float]:

@@ -36,11 +36,27 @@ class ResponseModel:
 
 def difficulty(queries: Sequence, model: ResponseModel, rng: np.random.Generator) -> np.ndarray:
     """Standardised per-query difficulty: a visible part (domain offset, log prompt length) and a hidden Beta part."""
+    visible, hidden = difficulty_parts(queries, model, rng)
+    return visible + hidden
+
+
+def difficulty_parts(queries: Sequence, model: ResponseModel, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
+    """The (visible, hidden) parts of :func:`difficulty` (the same draws): variances ``model.visible`` and
+    ``1 - model.visible``."""
     n = len(queries)
     hidden = rng.beta(*model.difficulty, size=n)
     offset = {d: domain_offset(d) for d in {q.domain for q in queries}}
     visible = np.array([offset[q.domain] for q in queries]) + np.log1p([q.prompt_tokens for q in queries])
-    return np.sqrt(model.visible) * _standard(visible) + np.sqrt(1.0 - model.visible) * _standard(hidden)
+    return np.sqrt(model.visible) * _standard(visible), np.sqrt(1.0 - model.visible) * _standard(hidden)
+
+
+def expected_length(mean: float | np.ndarray, known: np.ndarray, known_var: float, gamma: float) -> np.ndarray:
+    """Expected output tokens of a response given the part ``known`` (variance ``known_var``) of its query's
+    difficulty, the rest unknown (taken as normal): ``mean x exp(gamma known - gamma^2 known_var / 2)``; the
+    generation cap is ignored. ``known_var=1`` with the whole difficulty: the best any length predictor can do
+    in expectation (the response's own lognormal noise is unknowable); with the visible part: the best one that
+    reads only the query's domain and prompt length."""
+    return np.asarray(mean, dtype=float) * np.exp(gamma * np.asarray(known, dtype=float) - gamma**2 * known_var / 2)
 
 
 def domain_offset(domain: str) -> float:

@@ -11,6 +11,8 @@ import pytest
 from mosaic.core.config import parse_config
 from mosaic.core.errors import ConfigError, WorkloadError
 from mosaic.core.trace import RequestRecord, TraceWriter
+from mosaic.core.types import Expert, ExpertKind
+from mosaic.pipeline import prepare, workload_rng
 from mosaic.workloads import (
     PRESETS,
     build_workload,
@@ -19,6 +21,8 @@ from mosaic.workloads import (
     load_questions,
     split_options,
 )
+from mosaic.workloads.build import synthetic_difficulty
+from mosaic.workloads.synthetic import _length, expected_length
 
 
 def _build(preset: str, seed: int = 0, **wl):
@@ -169,3 +173,42 @@ def test_real_questions_when_present(shared_data):
     assert "alcohol dehydrogenase" in wl.queries[0].text
     assert len({q.domain for q in wl.queries}) == 14  # MMLU-Pro categories drive skill routing
     assert all(len(q.choices) >= 4 for q in wl.queries[:50])
+
+
+def _log_ratio(cfg, wl, resp):
+    """(query of each request, log of its true length over its expert's mean)."""
+    means = expert_means(cfg, wl)
+    q = np.array([r.query_id for r in wl.requests])
+    y = np.log([resp.get(r.query_id, r.expert).output_tokens / means[r.expert] for r in wl.requests])
+    return q, y
+
+
+def test_synthetic_difficulty_is_what_the_lengths_were_drawn_with():
+    cfg, wl, resp = _build("gpqa", seed=3, num_queries=400)
+    visible, hidden = synthetic_difficulty(cfg, wl, np.random.default_rng(3))
+    q, y = _log_ratio(cfg, wl, resp)
+    slope, _ = np.polyfit((visible + hidden)[q], y, 1)
+    assert 0.65 < slope < 0.85  # the model's gamma = 0.75 (caps and rounding bend it a little)
+    assert np.corrcoef(visible[q], y)[0, 1] > 0.4 and np.corrcoef(hidden[q], y)[0, 1] > 0.3
+    assert np.var(visible) == pytest.approx(0.6) and np.var(hidden) == pytest.approx(0.4)
+    wrong_v, wrong_h = synthetic_difficulty(cfg, wl, np.random.default_rng(4))  # another stream: hidden part unrelated
+    assert abs(np.corrcoef(wrong_h[q], y)[0, 1]) < 0.15
+    recorded = parse_config({"seed": 3, "responses": {"model": "recorded", "path": "x.jsonl"}})
+    with pytest.raises(ConfigError, match="recorded"):
+        synthetic_difficulty(recorded, wl, np.random.default_rng(3))
+
+
+def test_workload_rng_is_the_one_prepare_builds_with():
+    cfg = parse_config({"seed": 5, "workload": {"preset": "gpqa", "questions": "synthetic", "num_queries": 30}})
+    wl, resp = build_workload(cfg, workload_rng(cfg))
+    exp = prepare(cfg)
+    assert exp.workload == wl and exp.responses == resp
+
+
+@pytest.mark.parametrize("known_var", [1.0, 0.6])
+def test_expected_length_is_the_mean_of_the_draws(known_var):
+    rng = np.random.default_rng(0)
+    expert, gamma, known = Expert("e", "m", 7.0, ExpertKind.INSTRUCT, 15.0), 0.75, 0.8
+    unknown = rng.normal(0.0, np.sqrt(1.0 - known_var), 40_000)  # the rest of the difficulty
+    draws = [_length(expert, 200.0, known + u, gamma, rng) for u in unknown]
+    assert np.mean(draws) == pytest.approx(float(expected_length(200.0, np.array(known), known_var, gamma)), rel=0.02)
