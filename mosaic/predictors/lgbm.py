@@ -129,6 +129,7 @@ class LightGBMLengthPredictor(LengthPredictor):
         self.point = point
         self.meta = MappingProxyType(dict(meta or {}))  # the sidecar's contents (after load or save)
         self.fallback = MappingProxyType({e: float(v) for e, v in (fallback or {}).items()})  # expert -> tokens
+        self._last: tuple[Workload, tuple, LengthDataset, dict[str, np.ndarray]] | None = None  # see _workload_heads
 
     @classmethod
     def fit(
@@ -178,18 +179,30 @@ class LightGBMLengthPredictor(LengthPredictor):
             raise ConfigError(f"lightgbm predictor: unknown quantile head {head!r}; valid: {sorted(QUANTILE_OF)}")
         return self.predict_heads(ds)[head]
 
+    def _workload_heads(self, workload: Workload, requests: Sequence[Request]) -> tuple[LengthDataset, dict]:
+        """The rows of ``requests`` and every head's predictions (copies). The last call's are reused when asked
+        again for the same workload and the same tuple of requests (a cost model with expected costs asks for
+        :meth:`predict` and :meth:`predict_spread` of one workload)."""
+        last = self._last
+        if last is not None and last[0] is workload and last[1] is requests:
+            ds, heads = last[2], last[3]
+        else:
+            ds = rows_from_workload(workload, requests)
+            heads = self.predict_heads(ds)
+            self._last = (workload, requests, ds, heads) if isinstance(requests, tuple) else None
+        return ds, {k: v.copy() for k, v in heads.items()}
+
     def predict_spread(self, workload: Workload, requests: Sequence[Request]) -> np.ndarray:
         """Std of the log length from the quantile heads, read as a lognormal: ``ln(p90 / p50) / z_0.9``; 0 for
         requests :meth:`predict` answers with a fallback mean (no distribution known there)."""
-        ds = rows_from_workload(workload, requests)
-        heads = self.predict_heads(ds)
+        ds, heads = self._workload_heads(workload, requests)
         spread = np.log(heads["p90"] / heads["p50"]) / Z90
         spread[self._fallback_rows(ds)] = 0.0
         return spread
 
     def predict(self, workload: Workload, requests: Sequence[Request]) -> np.ndarray:
-        ds = rows_from_workload(workload, requests)
-        out = self.predict_rows(ds)
+        ds, heads = self._workload_heads(workload, requests)
+        out = heads[self.point]
         experts = np.asarray(ds.expert)
         fallback = self._fallback_rows(ds)
         out[fallback] = [self.fallback[e] for e in experts[fallback]]

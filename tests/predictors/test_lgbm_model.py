@@ -119,6 +119,21 @@ def _workload(expert_names: tuple[str, ...]) -> Workload:
     return Workload.build("wl", queries, experts, tuple(expert_names for _ in queries), experts[0])
 
 
+def test_heads_of_one_workload_are_computed_once(model, monkeypatch) -> None:
+    wl, other = _workload(("inst-a", "reas-a")), _workload(("reas-a",))
+    first = model.predict(wl, wl.requests)
+    fresh = model.with_point("mean")  # a new predictor: nothing cached
+    spread = fresh.predict_spread(wl, wl.requests)
+    calls, heads = [], model.predict_heads
+    monkeypatch.setattr(model, "predict_heads", lambda ds: calls.append(len(ds)) or heads(ds))
+    expected = first.copy()
+    first[:] = -1.0  # callers get copies: the cached heads stay intact
+    assert np.array_equal(model.predict(wl, wl.requests), expected)
+    assert np.array_equal(model.predict_spread(wl, wl.requests), spread) and calls == []
+    assert np.array_equal(model.predict(other, other.requests), fresh.predict(other, other.requests))
+    assert calls == [len(other.requests)]  # another workload is predicted afresh
+
+
 def test_factory_predicts_a_workload_with_fallback_for_unseen_experts(tmp_path: Path, model) -> None:
     path = tmp_path / "len.lgbm"
     model.save(path)

@@ -191,7 +191,7 @@ def test_synthetic_difficulty_is_what_the_lengths_were_drawn_with():
     assert 0.65 < slope < 0.85  # the model's gamma = 0.75 (caps and rounding bend it a little)
     assert np.corrcoef(visible[q], y)[0, 1] > 0.4 and np.corrcoef(hidden[q], y)[0, 1] > 0.3
     assert np.var(visible) == pytest.approx(0.6) and np.var(hidden) == pytest.approx(0.4)
-    wrong_v, wrong_h = synthetic_difficulty(cfg, wl, np.random.default_rng(4))  # another stream: hidden part unrelated
+    _, wrong_h = synthetic_difficulty(cfg, wl, np.random.default_rng(4))  # another stream: hidden part unrelated
     assert abs(np.corrcoef(wrong_h[q], y)[0, 1]) < 0.15
     recorded = parse_config({"seed": 3, "responses": {"model": "recorded", "path": "x.jsonl"}})
     with pytest.raises(ConfigError, match="recorded"):
