@@ -61,6 +61,7 @@ class Args:
     mode: str = "heldout"  # heldout: train on half the queries, plan the other half | cross-seed
     train_frac: float = 0.5  # heldout: share of queries whose true lengths train the model
     out: str = "runs/ilp_lengths"  # where the model and the scatter PNG go
+    set: tuple[str, ...] = ()  # config overrides KEY=VALUE (e.g. scheduler_options.mosaic-ilp.buckets=8)
 
 
 def parse_args() -> Args:
@@ -204,15 +205,15 @@ def heldout_runs(cfg: RunConfig, args: Args, scheds: list[str], path: Path) -> d
     return with_ceilings(out, ceiling_runs(full, keep, out["mean"][0], scheds))
 
 
-def cross_seed_runs(cfg_path: str, seed: int, scheds: list[str], path: Path) -> dict:
+def cross_seed_runs(args: Args, seed: int, scheds: list[str], path: Path) -> dict:
     """Predictor -> (experiment, {scheduler: run}) through ``prepare`` with ``costs.predictor`` overridden."""
-    train = prepare(load_config(cfg_path, [f"seed={seed + 1}"]))
+    train = prepare(load_config(args.config, [*args.set, f"seed={seed + 1}"]))
     train_model(train.workload, train.responses, set(range(len(train.workload.queries))), path)
     out: dict = {}
     for p in predictors(path):
         spec, expected = split_expected(p)
-        exp = prepare(load_config(cfg_path, [f"seed={seed}", f"costs.predictor={spec}",
-                                             f"costs.expected={str(expected).lower()}"]))  # fmt: skip
+        exp = prepare(load_config(args.config, [*args.set, f"seed={seed}", f"costs.predictor={spec}",
+                                                f"costs.expected={str(expected).lower()}"]))  # fmt: skip
         out[p] = (exp, {s: run_scheduler(exp, s) for s in scheds})
     base = out["mean"][0]
     return with_ceilings(out, ceiling_runs(base, np.arange(len(base.workload.queries)), base, scheds))
@@ -299,10 +300,10 @@ def summary_json(per_seed: dict[int, dict], path: Path) -> None:
 
 def run_seed(args: Args, seed: int, scheds: list[str], out: Path) -> dict:
     """One seed: train, plan with every predictor, print its table and write its scatter PNG."""
-    cfg = load_config(args.config, [f"seed={seed}"])
+    cfg = load_config(args.config, [*args.set, f"seed={seed}"])
     model = out / f"{cfg.name}-{args.mode}-s{seed}.lgbm"
     if args.mode == "cross-seed":
-        runs = cross_seed_runs(args.config, seed, scheds, model)
+        runs = cross_seed_runs(args, seed, scheds, model)
     else:
         runs = heldout_runs(cfg, args, scheds, model)
     wl = next(iter(runs.values()))[0].workload
@@ -322,7 +323,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     per_seed = {seed: run_seed(args, seed, scheds, out) for seed in dict.fromkeys(args.seeds)}
-    name = load_config(args.config).name
+    name = load_config(args.config, args.set).name
     if len(per_seed) > 1:
         console.print(summary(per_seed, scheds, f"{name} ({args.mode}): expert-stage makespan against the "
                                                 f"configured means over {len(per_seed)} seeds"))  # fmt: skip
