@@ -34,7 +34,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from mosaic.agents import SCHEDULERS
-from mosaic.core.config import RunConfig, load_config
+from mosaic.core.config import RunConfig, TrackingCfg, load_config
 from mosaic.core.script_args import parse_dataclass_args
 from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, RequestRecord, TraceWriter
 from mosaic.core.types import Request, Responses, Workload
@@ -45,6 +45,7 @@ from mosaic.predictors.interface import LengthPredictor
 from mosaic.predictors.length_data import rows_from_workload
 from mosaic.predictors.lgbm import LightGBMLengthPredictor
 from mosaic.report.metrics import mean_ci
+from mosaic.report.tracking import Tracker
 from mosaic.workloads import expert_means
 from mosaic.workloads.build import response_model, synthetic_difficulty
 from mosaic.workloads.synthetic import expected_length
@@ -62,6 +63,7 @@ class Args:
     train_frac: float = 0.5  # heldout: share of queries whose true lengths train the model
     out: str = "runs/ilp_lengths"  # where the model and the scatter PNG go
     set: tuple[str, ...] = ()  # config overrides KEY=VALUE (e.g. scheduler_options.mosaic-ilp.buckets=8)
+    wandb: str = "offline"  # W&B mode of the run (tables and scatter PNGs): offline | online | disabled
 
 
 def parse_args() -> Args:
@@ -298,6 +300,28 @@ def summary_json(per_seed: dict[int, dict], path: Path) -> None:
     console.print(f"makespans -> {path}")
 
 
+def track(args: Args, cfg: RunConfig, per_seed: dict[int, dict], scheds: list[str], out: Path) -> None:
+    """Every seed's makespans, the mean changes and the scatter PNGs to W&B (``--wandb``; offline by default)."""
+    tracking = TrackingCfg(mode=args.wandb, project=cfg.tracking.project, entity=cfg.tracking.entity)
+    config = {"config": args.config, "mode": args.mode, "seeds": list(per_seed), "set": list(args.set)}
+    tracker = Tracker(tracking, f"{cfg.name}__ilp-lengths__{args.mode}", config, out)
+    try:
+        rows = [[seed, s, label_of(p), r.metrics.expert_makespan, r.metrics.predicted_makespan, r.metrics.lower_bound]
+                for seed, runs in per_seed.items() for p, (_, by_sched) in runs.items()
+                for s, r in by_sched.items()]  # fmt: skip
+        tracker.log_table("makespans", ["seed", "scheduler", "predictor", "makespan_s", "predicted_s",
+                                        "lower_bound_s"], rows)  # fmt: skip
+        summary_rows = [[s, label, *mean_ci(v)] for (s, label), v in changes(per_seed, scheds).items()]
+        tracker.log_table("change_vs_mean", ["scheduler", "predictor", "mean", "ci95"], summary_rows)
+        tracker.log_metrics({f"{s}/{label}": mean for s, label, mean, _ in summary_rows}, prefix="change_vs_mean/")
+        for seed in per_seed:
+            tracker.log_image(f"scatter/seed{seed}", out / f"{cfg.name}-{args.mode}-s{seed}-scatter.png")
+        if tracker.directory is not None:
+            console.print(f"W&B ({args.wandb}) -> {tracker.directory}")
+    finally:
+        tracker.finish()
+
+
 def run_seed(args: Args, seed: int, scheds: list[str], out: Path) -> dict:
     """One seed: train, plan with every predictor, print its table and write its scatter PNG."""
     cfg = load_config(args.config, [*args.set, f"seed={seed}"])
@@ -319,15 +343,18 @@ def main() -> None:
         raise SystemExit(f"--mode must be heldout or cross-seed, got {args.mode!r}")
     if not args.seeds:
         raise SystemExit("--seeds needs at least one workload seed")
+    if args.wandb not in ("offline", "online", "disabled"):
+        raise SystemExit(f"--wandb must be offline, online or disabled, got {args.wandb!r}")
     scheds = scheduler_names(args.schedulers)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     per_seed = {seed: run_seed(args, seed, scheds, out) for seed in dict.fromkeys(args.seeds)}
-    name = load_config(args.config, args.set).name
+    cfg = load_config(args.config, args.set)
     if len(per_seed) > 1:
-        console.print(summary(per_seed, scheds, f"{name} ({args.mode}): expert-stage makespan against the "
+        console.print(summary(per_seed, scheds, f"{cfg.name} ({args.mode}): expert-stage makespan against the "
                                                 f"configured means over {len(per_seed)} seeds"))  # fmt: skip
-    summary_json(per_seed, out / f"{name}-{args.mode}-summary.json")
+    summary_json(per_seed, out / f"{cfg.name}-{args.mode}-summary.json")
+    track(args, cfg, per_seed, scheds, out)
 
 
 if __name__ == "__main__":
