@@ -28,10 +28,12 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from mosaic.core.config import TrackingCfg
 from mosaic.core.errors import WorkloadError
 from mosaic.core.script_args import parse_dataclass_args
 from mosaic.predictors.length_data import LengthDataset, load_dataset, split_by_query
 from mosaic.predictors.length_eval import Comparison, compare_on_split, cross_expert_ceiling, metrics_table
+from mosaic.report.tracking import Tracker
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MOSAIC_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -54,6 +56,7 @@ class Args:
     test_frac: float = 0.2  # share of queries held out
     seed: int = 0  # split seed
     out: str = "runs/length_predictors"  # scatter PNG and results JSON
+    wandb: str = "offline"  # W&B mode of the run (metrics tables and scatter PNG): offline | online | disabled
 
 
 def parse_args() -> Args:
@@ -137,10 +140,28 @@ def scatter(comps: dict[str, Comparison], path: Path) -> None:
     plt.close(fig)
 
 
+def track(args: Args, results: dict[str, dict], png: Path, out: Path) -> None:
+    """Every dataset's held-out metrics per predictor, LightGBM's MAE change and the scatter PNG to W&B."""
+    config = {"datasets": list(results), "test_frac": args.test_frac, "seed": args.seed}
+    tracker = Tracker(TrackingCfg(mode=args.wandb), "length-predictors", config, out)
+    try:
+        columns = list(next(iter(next(iter(results.values()))["metrics"].values())))
+        rows = [[name, pred, *m.values()] for name, s in results.items() for pred, m in s["metrics"].items()]
+        tracker.log_table("heldout_metrics", ["dataset", "predictor", *columns], rows)
+        tracker.log_metrics({f"{name}/lgbm_best_vs_mean": s["lgbm_best_vs_mean"] for name, s in results.items()})
+        tracker.log_image("scatter", png)
+        if tracker.directory is not None:
+            console.print(f"W&B ({args.wandb}) -> {tracker.directory}")
+    finally:
+        tracker.finish()
+
+
 def main() -> None:
     args = parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    if args.wandb not in ("offline", "online", "disabled"):
+        raise SystemExit(f"--wandb must be offline, online or disabled, got {args.wandb!r}")
     unknown = [d for d in args.datasets.split(",") if d not in SOURCES]
     if unknown:
         raise SystemExit(f"unknown datasets {unknown}; known: {', '.join(SOURCES)}")
@@ -152,9 +173,11 @@ def main() -> None:
     if not results:
         raise SystemExit("no dataset present")
     console.print(summary_table(results))
-    scatter(comps, out / "length_predictors_scatter.png")
+    png = out / "length_predictors_scatter.png"
+    scatter(comps, png)
     (out / "length_predictors.json").write_text(json.dumps(results, indent=1, default=float), encoding="utf-8")
     console.print(f"scatter and JSON -> {out}")
+    track(args, results, png, out)
 
 
 if __name__ == "__main__":
