@@ -1,0 +1,40 @@
+"""experiments/ilp_lengths.py: run as a subprocess on a small GPQA workload over two seeds."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "experiments" / "ilp_lengths.py"
+LABELS = {"mean", "mean (trace) expected", "lightgbm", "lightgbm expected", "lightgbm@p50", "lightgbm@p90",
+          "difficulty known (ceiling)", "visible difficulty (ceiling)", "oracle"}  # fmt: skip
+
+
+def test_script_plans_every_predictor_on_every_seed(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    args = ["--config", str(ROOT / "experiments" / "configs" / "gpqa.yaml"), "--set", "workload.num_queries=60",
+            "--seeds", "0", "1", "--wandb", "disabled", "--out", str(out)]  # fmt: skip
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "over 2 seeds" in proc.stdout and "95% CI" in proc.stdout
+    data = json.loads((out / "gpqa-heldout-summary.json").read_text())
+    assert set(data) == {"0", "1"}
+    for seed, by_predictor in data.items():
+        assert set(by_predictor) == LABELS
+        assert (out / f"gpqa-heldout-s{seed}-scatter.png").stat().st_size > 0
+        bound = by_predictor["oracle"]["mosaic-ilp"]["lower_bound_s"]  # from true lengths: valid for any plan
+        for by_sched in by_predictor.values():
+            assert set(by_sched) == {"mosaic-ilp", "greedy-lpt"}
+            assert all(r["makespan_s"] >= bound - 1e-6 for r in by_sched.values())
+        for r in by_predictor["oracle"].values():  # true lengths: the cost model predicts what the simulator runs
+            assert r["predicted_s"] == pytest.approx(r["makespan_s"], rel=0.02)
+
+
+def test_script_refuses_a_bad_mode() -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--mode", "both"], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "--mode must be heldout or cross-seed" in proc.stderr
