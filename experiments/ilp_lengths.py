@@ -45,7 +45,7 @@ from mosaic.predictors.interface import LengthPredictor
 from mosaic.predictors.length_data import rows_from_workload
 from mosaic.predictors.lgbm import LightGBMLengthPredictor
 from mosaic.report.metrics import mean_ci
-from mosaic.report.tracking import Tracker
+from mosaic.report.tracking import log_run
 from mosaic.workloads import expert_means
 from mosaic.workloads.build import response_model, synthetic_difficulty
 from mosaic.workloads.synthetic import expected_length
@@ -304,22 +304,17 @@ def track(args: Args, cfg: RunConfig, per_seed: dict[int, dict], scheds: list[st
     """Every seed's makespans, the mean changes and the scatter PNGs to W&B (``--wandb``; offline by default)."""
     tracking = TrackingCfg(mode=args.wandb, project=cfg.tracking.project, entity=cfg.tracking.entity)
     config = {"config": args.config, "mode": args.mode, "seeds": list(per_seed), "set": list(args.set)}
-    tracker = Tracker(tracking, f"{cfg.name}__ilp-lengths__{args.mode}", config, out)
-    try:
-        rows = [[seed, s, label_of(p), r.metrics.expert_makespan, r.metrics.predicted_makespan, r.metrics.lower_bound]
-                for seed, runs in per_seed.items() for p, (_, by_sched) in runs.items()
-                for s, r in by_sched.items()]  # fmt: skip
-        tracker.log_table("makespans", ["seed", "scheduler", "predictor", "makespan_s", "predicted_s",
-                                        "lower_bound_s"], rows)  # fmt: skip
-        summary_rows = [[s, label, *mean_ci(v)] for (s, label), v in changes(per_seed, scheds).items()]
-        tracker.log_table("change_vs_mean", ["scheduler", "predictor", "mean", "ci95"], summary_rows)
-        tracker.log_metrics({f"{s}/{label}": mean for s, label, mean, _ in summary_rows}, prefix="change_vs_mean/")
-        for seed in per_seed:
-            tracker.log_image(f"scatter/seed{seed}", out / f"{cfg.name}-{args.mode}-s{seed}-scatter.png")
-        if tracker.directory is not None:
-            console.print(f"W&B ({args.wandb}) -> {tracker.directory}")
-    finally:
-        tracker.finish()
+    rows = [[seed, s, label_of(p), r.metrics.expert_makespan, r.metrics.predicted_makespan, r.metrics.lower_bound]
+            for seed, runs in per_seed.items() for p, (_, by_sched) in runs.items()
+            for s, r in by_sched.items()]  # fmt: skip
+    summary_rows = [[s, label, *mean_ci(v)] for (s, label), v in changes(per_seed, scheds).items()]
+    tables = {"makespans": (["seed", "scheduler", "predictor", "makespan_s", "predicted_s", "lower_bound_s"], rows),
+              "change_vs_mean": (["scheduler", "predictor", "mean", "ci95"], summary_rows)}  # fmt: skip
+    images = {f"scatter/seed{seed}": out / f"{cfg.name}-{args.mode}-s{seed}-scatter.png" for seed in per_seed}
+    metrics = {f"change_vs_mean/{s}/{label}": mean for s, label, mean, _ in summary_rows}
+    directory = log_run(tracking, f"{cfg.name}__ilp-lengths__{args.mode}", config, out, tables, images, metrics)
+    if directory is not None:
+        console.print(f"W&B ({args.wandb}) -> {directory}")
 
 
 def run_seed(args: Args, seed: int, scheds: list[str], out: Path) -> dict:

@@ -33,7 +33,7 @@ from mosaic.core.errors import WorkloadError
 from mosaic.core.script_args import parse_dataclass_args
 from mosaic.predictors.length_data import LengthDataset, load_dataset, split_by_query
 from mosaic.predictors.length_eval import Comparison, compare_on_split, cross_expert_ceiling, metrics_table
-from mosaic.report.tracking import Tracker
+from mosaic.report.tracking import log_run
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("MOSAIC_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -143,17 +143,14 @@ def scatter(comps: dict[str, Comparison], path: Path) -> None:
 def track(args: Args, results: dict[str, dict], png: Path, out: Path) -> None:
     """Every dataset's held-out metrics per predictor, LightGBM's MAE change and the scatter PNG to W&B."""
     config = {"datasets": list(results), "test_frac": args.test_frac, "seed": args.seed}
-    tracker = Tracker(TrackingCfg(mode=args.wandb), "length-predictors", config, out)
-    try:
-        columns = list(next(iter(next(iter(results.values()))["metrics"].values())))
-        rows = [[name, pred, *m.values()] for name, s in results.items() for pred, m in s["metrics"].items()]
-        tracker.log_table("heldout_metrics", ["dataset", "predictor", *columns], rows)
-        tracker.log_metrics({f"{name}/lgbm_best_vs_mean": s["lgbm_best_vs_mean"] for name, s in results.items()})
-        tracker.log_image("scatter", png)
-        if tracker.directory is not None:
-            console.print(f"W&B ({args.wandb}) -> {tracker.directory}")
-    finally:
-        tracker.finish()
+    columns = list(next(iter(next(iter(results.values()))["metrics"].values())))
+    rows = [[name, pred, *m.values()] for name, s in results.items() for pred, m in s["metrics"].items()]
+    tables = {"heldout_metrics": (["dataset", "predictor", *columns], rows)}
+    metrics = {f"{name}/lgbm_best_vs_mean": s["lgbm_best_vs_mean"] for name, s in results.items()}
+    directory = log_run(TrackingCfg(mode=args.wandb), "length-predictors", config, out, tables, {"scatter": png},
+                        metrics)  # fmt: skip
+    if directory is not None:
+        console.print(f"W&B ({args.wandb}) -> {directory}")
 
 
 def main() -> None:

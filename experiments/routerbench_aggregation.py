@@ -29,8 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from mosaic.agents.thresholds import FixedThreshold
+from mosaic.core.config import TrackingCfg
 from mosaic.core.errors import MosaicError
 from mosaic.core.script_args import parse_dataclass_args
+from mosaic.report.tracking import log_run
 from mosaic.runtime.agreement import AgreementResult, EmbeddingAgreement, agreement_from_answers, make_embedder
 from mosaic.runtime.answers import AnswerKind, normalize_code
 from mosaic.workloads.routerbench import TASKS, RouterBenchTask, default_data_dir, load_routerbench
@@ -55,6 +57,7 @@ class Args:
     similarity: float = -2.0  # cosine threshold of embedding agreement; < -1: the embedder's default
     seed: int = 0  # seed of the calibration/evaluation split
     limit: int = 0  # use only the first N questions per task (0: all)
+    wandb: str = "offline"  # W&B mode of the run (the table and the plot): offline | online | disabled
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -237,6 +240,8 @@ def check_args(args: Args) -> None:
     if args.code_agreement not in ("embedding", "exact"):
         raise MosaicError(f"--code-agreement must be 'embedding' or 'exact', got {args.code_agreement!r}")
     make_embedder(args.embedder)  # raises on an unknown name
+    if args.wandb not in ("offline", "online", "disabled"):
+        raise MosaicError(f"--wandb must be offline, online or disabled, got {args.wandb!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -251,6 +256,12 @@ def main(argv: list[str] | None = None) -> int:
     table = write_outputs(results, Path(args.out), args)
     print_table(table, args)
     print(f"wrote {args.out}/table.csv, results.json, accuracy_vs_skip.png in {time.perf_counter() - start:.1f} s")
+    config = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(args).items()}
+    directory = log_run(TrackingCfg(mode=args.wandb), "routerbench-aggregation", config, args.out,
+                        {"table": (list(table[0]), [list(r.values()) for r in table])},
+                        {"accuracy_vs_skip": Path(args.out) / "accuracy_vs_skip.png"})  # fmt: skip
+    if directory is not None:
+        print(f"W&B ({args.wandb}) -> {directory}")
     return 0
 
 

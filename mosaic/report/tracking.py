@@ -67,3 +67,26 @@ class Tracker:
         if self.run is not None:
             self.run.finish()
             self.run = None
+
+
+def log_run(
+    cfg: TrackingCfg,
+    run_name: str,
+    config: Mapping[str, Any],
+    out_dir: str | Path,
+    tables: Mapping[str, tuple[Sequence[str], Sequence[Sequence[Any]]]] | None = None,
+    images: Mapping[str, str | Path] | None = None,
+    metrics: Mapping[str, float | int | None] | None = None,
+) -> Path | None:
+    """A finished experiment as one W&B run: ``tables`` (key -> columns, rows), ``images`` (key -> PNG path) and
+    summary ``metrics``. Returns the local run directory (None when tracking is disabled)."""
+    tracker = Tracker(cfg, run_name, config, out_dir)
+    try:
+        for key, (columns, rows) in (tables or {}).items():
+            tracker.log_table(key, columns, rows)
+        for key, path in (images or {}).items():
+            tracker.log_image(key, path)
+        tracker.log_metrics(metrics or {})
+        return tracker.directory
+    finally:
+        tracker.finish()

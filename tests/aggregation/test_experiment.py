@@ -30,6 +30,7 @@ def test_script_on_hand_written_data(tiny_routerbench: Path, tmp_path: Path) -> 
                 "meta/llama-2-70b-chat")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert "skip %" in proc.stdout and "delta pp" in proc.stdout
+    assert "W&B (offline) ->" in proc.stdout and any((out / "wandb").glob("offline-run-*"))  # tracked by default
     rows = _table(out)
     assert {(r["task"], r["set"], float(r["T"])) for r in rows} == {
         (t, s, th) for t in ("arc-challenge", "winogrande", "mbpp") for s in ("fixed", "routed") for th in (1.0, 0.67)

@@ -8,7 +8,7 @@ from mosaic.core.trace import AggregationRecord, LoadRecord, RequestRecord
 from mosaic.report.gantt import plot_gantt, segments
 from mosaic.report.metrics import RunMetrics, WorkerUsage, aggregation_summary, mean_ci, speedup, worker_usage
 from mosaic.report.table import comparison_table, paper_line, rows
-from mosaic.report.tracking import Tracker
+from mosaic.report.tracking import Tracker, log_run
 
 RECORDS = [
     LoadRecord("expert", 0, "a", 0.0, 10.0),
@@ -94,3 +94,17 @@ def test_tracker_offline_writes_a_run_directory(tmp_path):
     t.finish()
     assert directory is not None and directory.name.startswith("offline-run-")
     assert any(directory.glob("*.wandb"))
+
+
+@pytest.mark.filterwarnings("ignore")
+def test_log_run_records_tables_images_and_metrics(tmp_path):
+    png = plot_gantt({"a": RECORDS}, [0, 1], tmp_path / "g.png")
+    tables = {"rows": (["name", "value"], [["a", 1.0], ["b", 2.0]])}
+    directory = log_run(TrackingCfg(mode="offline"), "x", {"k": 1}, tmp_path / "run", tables, {"plot": png},
+                        {"score": 0.5})  # fmt: skip
+    assert directory is not None and directory.name.startswith("offline-run-")
+    files = directory / "files"
+    assert [p.name.split("_")[0] for p in (files / "media" / "table").iterdir()] == ["rows"]
+    assert any((files / "media" / "images").iterdir())
+    assert log_run(TrackingCfg(mode="disabled"), "x", {}, tmp_path / "off", tables) is None
+    assert not (tmp_path / "off").exists()
