@@ -65,12 +65,14 @@ class ReplaySim(SimBackend):
 
 
 def simulate_run(real: RunResult, records: Sequence[Record], workload: Workload, costs: CostModel,
-                 cluster: Cluster, policy: Any = None, max_batch: int | None = None) -> RunResult:  # fmt: skip
-    """The simulator's run of ``real``'s plans with ``real``'s prompt and output lengths."""
+                 cluster: Cluster, policy: Any = None, max_batch: int | None = None,
+                 trace: TraceWriter | None = None) -> RunResult:  # fmt: skip
+    """The simulator's run of ``real``'s plans with ``real``'s prompt and output lengths (its records go to
+    ``trace`` when given)."""
     plans = [real.expert_plan] + ([real.aggregation_plan] if real.aggregation_plan.order else [])
     backend = ReplaySim(records, costs, max_batch)
     return Executor(backend, policy).run(workload, ReplayPlans(plans), costs, cluster, np.random.default_rng(0),
-                                         TraceWriter(None))  # fmt: skip
+                                         trace if trace is not None else TraceWriter(None))  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,17 +154,22 @@ def compare(name: str, real: RunResult, sim: RunResult, unload: Mapping[str, flo
 
 
 def fidelity_of_runs(exp: Any, runs: Sequence[Any], unload: Mapping[str, float] | None = None,
-                     pure_costs: CostModel | None = None) -> list[WorkerError]:  # fmt: skip
+                     pure_costs: CostModel | None = None,
+                     sim_records: dict[str, list[Record]] | None = None) -> list[WorkerError]:  # fmt: skip
     """Errors of every :class:`~mosaic.pipeline.SchedulerRun` of experiment ``exp`` (a real backend's runs).
     With ``unload`` and ``pure_costs`` (a profile without teardown, :func:`~mosaic.runtime.profiler.split_unload`),
-    also the no-teardown simulation plus analytic teardown (:func:`compare`)."""
+    also the no-teardown simulation plus analytic teardown (:func:`compare`). ``sim_records``, when given, receives
+    each run's simulated records (scheduler name -> records)."""
     from mosaic.pipeline import _policy
 
     out = []
     for run in runs:
         args = (run.result, run.records, exp.workload)
-        tail = (exp.cluster, _policy(exp.cfg), exp.cfg.runtime.max_batch)
-        sim = simulate_run(*args, exp.costs, *tail)
+        tail = (exp.cluster, _policy(exp), exp.cfg.runtime.max_batch)
+        trace = TraceWriter(None)
+        sim = simulate_run(*args, exp.costs, *tail, trace)
+        if sim_records is not None:
+            sim_records[run.name] = list(trace.records)
         pure = simulate_run(*args, pure_costs, *tail) if unload is not None and pure_costs is not None else None
         out += compare(run.name, run.result, sim, unload if pure is not None else None, pure)
     return out
