@@ -26,6 +26,8 @@ from mosaic.pipeline import prepare, run_scheduler
 from mosaic.predictors.costmodel import ProfiledCostModel
 from mosaic.predictors.lengths import MeanLengthPredictor
 from mosaic.predictors.profile import CostProfile
+from mosaic.report.gantt import plot_gantt
+from mosaic.report.tracking import log_run
 from mosaic.runtime.engine_spec import resolve_models
 from mosaic.runtime.fidelity import fidelity_of_runs, fidelity_table, max_worker_error
 from mosaic.runtime.models import TINY_SET, make_tiny_set
@@ -42,7 +44,8 @@ class Args:
     reprofile: bool = False  # measure the profile even when the file exists
     alone: bool = False  # profile one engine alone (default: 1, 2, ... engines at once up to one per worker)
     models_dir: str = "models"  # where missing tiny models are built
-    out: str = "runs/sim_vs_real"  # traces and the error table (JSON)
+    out: str = "runs/sim_vs_real"  # traces, the error table (JSON) and the real-vs-simulated Gantt PNG
+    wandb: str = "offline"  # W&B mode of the run (error table and Gantt): offline | online | disabled
 
 
 def parse() -> Args:
@@ -88,6 +91,8 @@ def build_profile(cfg, workload, out: str, console: Console, concurrent: bool = 
 
 def main() -> None:
     args = parse()
+    if args.wandb not in ("offline", "online", "disabled"):
+        raise SystemExit(f"--wandb must be offline, online or disabled, got {args.wandb!r}")
     console = Console(width=140)
     base = load_config(args.config)
     profile_path = args.profile or base.costs.profile
@@ -111,7 +116,8 @@ def main() -> None:
     pure, unload = split_unload(CostProfile.from_file(profile_path), cfg.cluster.gpu_type)
     pure_costs = ProfiledCostModel(pure.with_max_batch(cfg.runtime.max_batch, cap=True),
                                    MeanLengthPredictor(expert_means(cfg, exp.workload)), exp.workload)  # fmt: skip
-    errors = fidelity_of_runs(exp, runs, unload, pure_costs)
+    simulated: dict[str, list] = {}
+    errors = fidelity_of_runs(exp, runs, unload, pure_costs, simulated)
     console.print(fidelity_table(errors, f"{cfg.name}: simulator vs real engines ({profile_path})"))
     for stage in ("expert", "aggregation"):
         console.print(f"largest per-worker {stage}-stage error: {max_worker_error(errors, stage):.1%} "
@@ -120,6 +126,13 @@ def main() -> None:
              "error": e.error, "sim_unload_s": e.sim_unload_s, "unload_error": e.unload_error}
             for e in errors]  # fmt: skip
     (out / "fidelity.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
+    panels = {f"{r.name} {kind}": recs for r in runs for kind, recs in (("real", r.records), ("simulated",
+              simulated[r.name]))}  # fmt: skip
+    png = plot_gantt(panels, list(exp.cluster.ids), out / "gantt.png", f"{cfg.name}: real engines vs simulator")
+    directory = log_run(cfg.tracking.model_copy(update={"mode": args.wandb}), f"{cfg.name}__sim-vs-real",
+                        {"config": args.config, "profile": profile_path, "schedulers": args.schedulers}, out,
+                        {"fidelity": (list(rows[0]), [list(r.values()) for r in rows])}, {"gantt": png})  # fmt: skip
+    console.print(f"errors -> {out / 'fidelity.json'}, Gantt -> {png}" + (f", W&B -> {directory}" if directory else ""))
 
 
 if __name__ == "__main__":
