@@ -35,6 +35,7 @@ from rich.table import Column, Table
 
 from mosaic.agents import SCHEDULERS
 from mosaic.core.config import RunConfig, TrackingCfg, load_config
+from mosaic.core.errors import MosaicError
 from mosaic.core.script_args import parse_dataclass_args
 from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, RequestRecord, TraceWriter
 from mosaic.core.types import Request, Responses, Workload
@@ -340,11 +341,18 @@ def main() -> None:
         raise SystemExit("--seeds needs at least one workload seed")
     if args.wandb not in ("offline", "online", "disabled"):
         raise SystemExit(f"--wandb must be offline, online or disabled, got {args.wandb!r}")
+    try:
+        run(args, load_config(args.config, args.set))
+    except MosaicError as err:  # a bad config, override or data: one line, no traceback
+        raise SystemExit(f"error: {err}") from None
+
+
+def run(args: Args, cfg: RunConfig) -> None:
+    """Every seed's runs and tables, then the summary, its JSON and the W&B run."""
     scheds = scheduler_names(args.schedulers)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     per_seed = {seed: run_seed(args, seed, scheds, out) for seed in dict.fromkeys(args.seeds)}
-    cfg = load_config(args.config, args.set)
     if len(per_seed) > 1:
         console.print(summary(per_seed, scheds, f"{cfg.name} ({args.mode}): expert-stage makespan against the "
                                                 f"configured means over {len(per_seed)} seeds"))  # fmt: skip

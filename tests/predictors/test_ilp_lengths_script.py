@@ -35,6 +35,11 @@ def test_script_plans_every_predictor_on_every_seed(tmp_path: Path) -> None:
             assert r["predicted_s"] == pytest.approx(r["makespan_s"], rel=0.02)
 
 
-def test_script_refuses_a_bad_mode() -> None:
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--mode", "both"], capture_output=True, text=True, timeout=60)
-    assert proc.returncode != 0 and "--mode must be heldout or cross-seed" in proc.stderr
+@pytest.mark.parametrize(("args", "message"), [
+    (["--mode", "both"], "--mode must be heldout or cross-seed"),
+    (["--set", "cluster.workers=0"], "error: invalid config"),  # before any training, no traceback
+    (["--config", "nope.yaml"], "error: config file nope.yaml does not exist"),
+])  # fmt: skip
+def test_script_refuses_bad_arguments(args: list[str], message: str) -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
