@@ -198,11 +198,14 @@ def test_synthetic_difficulty_is_what_the_lengths_were_drawn_with():
         synthetic_difficulty(recorded, wl, np.random.default_rng(3))
 
 
-def test_workload_rng_is_the_one_prepare_builds_with():
+def test_workload_rng_is_child_0_of_the_seed():
+    """The stream workloads were built from before workload_rng existed: a seed keeps its workload, and the
+    schedulers' stream (child 1, Experiment.scheduler_rng) stays apart from it."""
     cfg = parse_config({"seed": 5, "workload": {"preset": "gpqa", "questions": "synthetic", "num_queries": 30}})
-    wl, resp = build_workload(cfg, workload_rng(cfg))
-    exp = prepare(cfg)
-    assert exp.workload == wl and exp.responses == resp
+    child0, child1 = np.random.SeedSequence(5).spawn(2)
+    assert np.array_equal(workload_rng(cfg).random(8), np.random.default_rng(child0).random(8))
+    assert not np.array_equal(prepare(cfg).scheduler_rng().random(8), np.random.default_rng(child0).random(8))
+    assert np.array_equal(prepare(cfg).scheduler_rng().random(8), np.random.default_rng(child1).random(8))
 
 
 @pytest.mark.parametrize("known_var", [1.0, 0.6])
