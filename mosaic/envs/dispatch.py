@@ -179,8 +179,8 @@ class Dispatcher:
         # queued: a lower bound on when its queue runs dry, WorkerSim.dry_bound)
         self.now = 0.0
         self.deciding: int | None = None
-        self._mask: list[bool] | None = None  # valid actions of the pending decision (cache)
-        self._steal_cache: list[list[float]] | None = None  # stealable work seen by the deciding worker (cache)
+        # the pending decision's valid actions, stealable work (worker x expert) and its column sums (cache)
+        self._decision: tuple[list[bool], list[list[float]], list[float]] | None = None
         self.steals = self.waits = self.takes = 0
         if plan is not None:
             self._start_from(plan)
@@ -229,8 +229,15 @@ class Dispatcher:
         whose load started excluded (the cached rows of the pending decision; do not modify)."""
         if self.deciding is not None:
             self._valid(self.deciding)
-            return self._steal_cache
+            return self._decision[1]
         return self._stealable()
+
+    def stealable_by_expert(self) -> list[float]:
+        """Expert -> the column sums of :meth:`stealable` (cached while a decision is pending; do not modify)."""
+        if self.deciding is not None:
+            self._valid(self.deciding)
+            return self._decision[2]
+        return list(map(sum, zip(*self._stealable(), strict=True)))
 
     def _stealable(self) -> list[list[float]]:
         """Worker x expert -> predicted seconds any other worker may steal (a new list of rows)."""
@@ -258,20 +265,21 @@ class Dispatcher:
 
     def _valid(self, w: int) -> list[bool]:
         """The valid-action mask of worker ``w`` as a list (cached while ``w`` decides; do not modify)."""
-        if self._mask is not None and w == self.deciding:
-            return self._mask
+        if self._decision is not None and w == self.deciding:
+            return self._decision[0]
         steal = self._stealable()
         steal[w] = [0.0] * self.n_slots
         by_expert = list(map(sum, zip(*steal, strict=True)))
         mask = list(map(bool, map(add, self.pcount, by_expert)))  # pooled or stealable (both are >= 0)
         mask.append(sum(by_expert) > 0)
-        mask.append(not all(s.is_idle for s in self.sims))  # wait: until some worker (w or another) goes idle
+        mask.append(not all([s.is_idle for s in self.sims]))  # wait: until some worker (w or another) goes idle
         if w == self.deciding:
-            self._mask, self._steal_cache = mask, steal
+            self._decision = (mask, steal, by_expert)
         return mask
 
     def makespan(self) -> float:
-        return max((s.last_end for s in self.sims), default=0.0)
+        """When the last request finished so far (0 before any)."""
+        return max([s.last_end for s in self.sims], default=0.0)
 
     def order(self) -> dict[int, list[int]]:
         """Worker id -> request ids in the order they ran (the episode's schedule, once finished)."""
@@ -285,7 +293,7 @@ class Dispatcher:
         if w is None:
             raise PlanError("reschedule env: no decision is pending")
         steal = self.stealable()
-        self.deciding, self._mask, self._steal_cache = None, None, None
+        self.deciding, self._decision = None, None
         if action == self.wait_action:
             self.waits += 1
             self.mode[w] = _WAIT_OTHER if self.sims[w].is_idle else _WAIT_IDLE
@@ -416,7 +424,7 @@ class Dispatcher:
                     return True
                 if n_valid == 1:
                     self.apply(mask.index(True))
-                self.deciding, self._mask, self._steal_cache = None, None, None
+                self.deciding, self._decision = None, None
             if self.pool_total == 0 and not any(self.track):
                 return self._drain()
             t = min(self.next_t)
@@ -478,5 +486,5 @@ class Dispatcher:
             sim.run_until_idle()
             self._sync(i)
         self.now = max(self.now, self.makespan())
-        self.deciding, self._mask, self._steal_cache = None, None, None
+        self.deciding, self._decision = None, None
         return False

@@ -14,9 +14,23 @@ from mosaic.core.types import Plan
 from mosaic.envs.dispatch import _ACTIVE, DEFAULT_BUCKETS, Dispatcher, Instance, Prepared
 
 OBS_HIGH = 16.0  # every observation entry is clipped to [0, OBS_HIGH]
-_WORKER_FEATURES = 5  # deciding, queued work, running work, batch fill, waiting (plus the resident one-hot)
-_EXPERT_FEATURES = 3  # stealable work elsewhere, load time, replicas (plus the pooled work per bucket)
-_GLOBAL_FEATURES = 3  # elapsed time, pooled work, queued work
+# the observation's blocks in order: name -> (rows, columns) as functions of (workers W, expert slots S, buckets B)
+OBS_BLOCKS = {
+    "resident": lambda w, s, b: (w, s + 1),  # resident expert, one-hot (last column: none)
+    "deciding": lambda w, s, b: (w, 1),  # the worker whose decision is pending
+    "queued": lambda w, s, b: (w, 1),  # predicted seconds queued
+    "admitted": lambda w, s, b: (w, 1),  # predicted seconds admitted, not yet covered by busy time
+    "batch_fill": lambda w, s, b: (w, 1),  # batch size / max batch
+    "waiting": lambda w, s, b: (w, 1),  # waiting flag (chose wait)
+    "pooled": lambda w, s, b: (s, b),  # predicted seconds pooled per predicted-length bucket
+    "stealable": lambda w, s, b: (s, 1),  # predicted seconds queued elsewhere that this worker may steal
+    "load": lambda w, s, b: (s, 1),  # load seconds
+    "serving": lambda w, s, b: (s, 1),  # workers queueing or holding the expert / W
+    "elapsed": lambda w, s, b: (1, 1),  # simulated seconds so far
+    "pooled_total": lambda w, s, b: (1, 1),
+    "queued_total": lambda w, s, b: (1, 1),
+}
+_SECONDS_BLOCKS = ("queued", "admitted", "pooled", "stealable", "load", "elapsed", "pooled_total", "queued_total")
 START_MODES = ("empty", "plan")
 INSTANCE_ORDERS = ("random", "cycle")
 REWARD_REFS = ("lower_bound", "plan", "round-robin")
@@ -49,12 +63,13 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
 
     ## Observation Space
 
-    ``Box(0, 16, (W * (n_slots + 6) + n_slots * (B + 3) + 3,), float32)`` for ``W`` workers and ``B`` length buckets;
+    ``Box(0, 16, (W * (n_slots + 6) + n_slots * (B + 3) + 3,), float32)`` for ``W`` workers and ``B`` length buckets:
+    the blocks of :data:`OBS_BLOCKS` one after the other (row-major; :meth:`obs_fields` cuts a vector into them);
     seconds are divided by the instance's lower bound (:func:`mosaic.agents.bounds.lower_bound`). Per worker:
     resident expert (one-hot, last = none), deciding flag, queued predicted work, admitted predicted work not yet
     covered by busy time, batch size / max batch, waiting flag. Per expert: pooled predicted work per predicted-length
-    bucket, work stealable from other workers, load time, workers serving it / W. Global: elapsed time, pooled work,
-    queued work.
+    bucket, work stealable from other workers (seen by the deciding worker), load time, workers serving it / W.
+    Global: elapsed time, pooled work, queued work.
 
     ## Rewards
 
@@ -130,8 +145,9 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
             raise ConfigError(f"reschedule env: {len(plans)} start plans for {len(self.instances)} instances")
         self.plans = tuple(plans) if plans is not None else None  # instance -> start plan (None: plan_scheduler's)
         self._prepared: list[Prepared | None] = [None] * len(self.instances)
-        n_b = len(self.buckets) + 1
-        size = self.n_workers * (n_slots + 1 + _WORKER_FEATURES) + n_slots * (n_b + _EXPERT_FEATURES) + _GLOBAL_FEATURES
+        shapes = [block(self.n_workers, n_slots, len(self.buckets) + 1) for block in OBS_BLOCKS.values()]
+        self._obs_sizes = [rows * cols for rows, cols in shapes]
+        size = sum(self._obs_sizes)
         self.observation_space = spaces.Box(0.0, OBS_HIGH, (size,), np.float32)
         self.action_space = spaces.Discrete(n_slots + 2)
         self.dispatcher: Dispatcher | None = None
@@ -253,46 +269,57 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
                 "reward_ref_s": float(self._ref),
                 "invalid_action": invalid, "steals": d.steals, "takes": d.takes, "waits": d.waits}  # fmt: skip
 
+    def obs_fields(self, obs: np.ndarray) -> dict[str, np.ndarray]:
+        """``obs`` cut into the named blocks of :data:`OBS_BLOCKS` (views, shaped (rows, columns))."""
+        n_w, n_s, n_b = self.n_workers, self.n_slots, len(self.buckets) + 1
+        parts = np.split(np.asarray(obs), np.cumsum(self._obs_sizes)[:-1])
+        blocks = zip(OBS_BLOCKS.items(), parts, strict=True)
+        return {name: part.reshape(block(n_w, n_s, n_b)) for (name, block), part in blocks}
+
     def _obs(self) -> np.ndarray:
-        """The observation (see the class docstring): raw values (seconds, counts) gathered in one list, then scaled
-        by :meth:`_obs_scale` and clipped in three array calls (per-element Python arithmetic is the slow part)."""
+        """The observation (see the class docstring): raw values (seconds, counts) gathered in one list, block by
+        block (one pass over the workers), then scaled by :meth:`_obs_scale` and clipped in three array calls. It
+        runs on every step: plain loops and list operations (profiled faster than comprehensions or array calls
+        at these sizes)."""
         d = self._dispatcher()
-        p, n_s = d.p, self.n_slots
-        deciding = d.deciding if not self._done else None
-        obs: list[float] = []
-        put = obs.extend
-        queued = list(map(sum, d.qwork))
-        slots = [p.slot.get(sim.resident, n_s) for sim in d.sims]  # resident expert's slot (n_s: none)
-        for i, sim in enumerate(d.sims):
-            one_hot = [0.0] * (n_s + 1)
-            one_hot[slots[i]] = 1.0
-            put(one_hot)
-            put((i == deciding, queued[i], sim.batch_size / p.max_batch_list[slots[i]], d.mode[i] != _ACTIVE,
-                 max(d.admitted_pred[i] - sim.busy_s, 0.0)))  # fmt: skip
-        # expert -> workers queueing it or holding it (queued work is never negative: bool(w) is w > 0)
-        serving = list(map(sum, zip(*[map(bool, row) for row in d.qwork], strict=True)))
-        for slot, row in zip(slots, d.qwork, strict=True):
-            if slot < n_s and not row[slot]:
-                serving[slot] += 1
-        stolen = map(sum, zip(*d.stealable(), strict=True))
-        for pw, *rest in zip(d.pwork, stolen, p.load_list, serving, strict=True):
-            put(pw)
-            put(rest)
-        put((d.now, sum(map(sum, d.pwork)), sum(queued)))
-        out = np.array(obs)
+        p, n_s, n_w, qwork = d.p, self.n_slots, self.n_workers, d.qwork
+        obs: list[float] = [0.0] * ((n_s + 2) * n_w)  # resident one-hot + deciding
+        if d.deciding is not None and not self._done:
+            obs[(n_s + 1) * n_w + d.deciding] = 1.0
+        queued = list(map(sum, qwork))
+        admitted, fill, waiting = [], [], []
+        serving = [n_w - col.count(0.0) for col in zip(*qwork, strict=True)]  # queued work is never negative
+        slot_of, max_batch = p.slot, p.max_batch_list
+        for i, (sim, row, a, m) in enumerate(zip(d.sims, qwork, d.admitted_pred, d.mode, strict=True)):
+            k = slot_of.get(sim.resident, n_s)  # the resident expert's slot (n_s: none)
+            obs[i * (n_s + 1) + k] = 1.0
+            if k < n_s and not row[k]:
+                serving[k] += 1  # it holds the expert without queueing it
+            left = a - sim.busy_s
+            admitted.append(left if left > 0.0 else 0.0)
+            fill.append(sim.batch_size / max_batch[k])
+            waiting.append(m != _ACTIVE)
+        obs += queued
+        obs += admitted
+        obs += fill
+        obs += waiting
+        for row in d.pwork:
+            obs += row
+        obs += d.stealable_by_expert()
+        obs += p.load_list
+        obs += serving
+        obs += (d.now, sum(map(sum, d.pwork)), sum(queued))
+        out = np.array(obs, dtype=float)
         out *= self._obs_scale(p)
         return np.minimum(out, OBS_HIGH, out=out).astype(np.float32)  # every raw value is >= 0
 
     def _obs_scale(self, p: Prepared) -> np.ndarray:
         """Per-entry factors of the raw observation of instance ``p``: 1 / lower bound for seconds, 1 / W for the
         serving counts, 1 for flags and fractions (cached per instance)."""
-        scale = p.obs_scale
-        if scale is None:
-            n_s, n_b, inv = self.n_slots, p.n_buckets, 1.0 / p.ref
-            worker = [1.0] * (n_s + 1) + [1.0, inv, 1.0, 1.0, inv]
-            expert = [inv] * n_b + [inv, inv, 1.0 / self.n_workers]
-            scale = p.obs_scale = np.array(worker * self.n_workers + expert * n_s + [inv] * _GLOBAL_FEATURES)
-        return scale
+        if p.obs_scale is None:
+            factor = {name: 1.0 / p.ref for name in _SECONDS_BLOCKS} | {"serving": 1.0 / self.n_workers}
+            p.obs_scale = np.repeat([factor.get(name, 1.0) for name in OBS_BLOCKS], self._obs_sizes)
+        return p.obs_scale
 
 
 def _check_modes(start: str, order: str, reward_ref: str, render_mode: str | None, renders: list[str]) -> None:

@@ -64,6 +64,57 @@ def test_observations_in_space_and_masks_valid(small_instances) -> None:
         assert env.observation_space.contains(obs)
 
 
+def _expected_fields(env: RescheduleEnv) -> dict[str, np.ndarray]:
+    """The observation's blocks recomputed from the dispatcher's and the simulated workers' state."""
+    d, n_s = env.dispatcher, env.n_slots
+    p, sims, w = d.p, d.sims, len(d.sims)
+    slots = [p.slot.get(s.resident, n_s) for s in sims]
+    qcount = np.array(d.qcount)
+    serving = (qcount > 0).sum(axis=0).astype(float)
+    for i, k in enumerate(slots):
+        if k < n_s and qcount[i, k] == 0:
+            serving[k] += 1
+    steal = np.array(d.stealable())
+    return {
+        "resident": np.eye(n_s + 1)[slots],
+        "deciding": np.eye(w)[d.deciding][:, None] if d.deciding is not None else np.zeros((w, 1)),
+        "queued": np.array(d.qwork).sum(axis=1, keepdims=True) / p.ref,
+        "admitted": np.array([[max(a - s.busy_s, 0.0)] for a, s in zip(d.admitted_pred, sims, strict=True)]) / p.ref,
+        "batch_fill": np.array([[s.batch_size / p.max_batch_list[k]] for s, k in zip(sims, slots, strict=True)]),
+        "pooled": d.pool_work / p.ref,
+        "stealable": steal.sum(axis=0)[:, None] / p.ref,
+        "load": p.load_s[:, None] / p.ref,
+        "serving": serving[:, None] / w,
+        "elapsed": np.array([[d.now / p.ref]]),
+        "pooled_total": np.array([[d.pool_work.sum() / p.ref]]),
+        "queued_total": np.array([[np.array(d.qwork).sum() / p.ref]]),
+    }
+
+
+def test_observation_fields_mirror_the_state(small_instances) -> None:
+    """Every block of the observation (cut by ``obs_fields``) holds what the dispatcher and workers hold, scaled
+    and clipped as documented; the valid serve actions are the experts with pooled or stealable work."""
+    env = RescheduleEnv(small_instances)
+    policy = random_policy(np.random.default_rng(1))
+    obs, _ = env.reset(seed=0, options={"instance": 1})
+    decisions = 0
+    for _ in range(200):
+        fields = env.obs_fields(obs)
+        assert sum(f.size for f in fields.values()) == obs.size
+        for name, want in _expected_fields(env).items():
+            np.testing.assert_allclose(fields[name], np.minimum(want, 16.0), rtol=1e-6, atol=1e-7, err_msg=name)
+        assert set(np.unique(fields["waiting"])) <= {0.0, 1.0}
+        mask = env.action_masks()
+        if env.dispatcher.deciding is not None:
+            decisions += 1
+            have = (np.array(env.dispatcher.pcount) > 0) | (fields["stealable"][:, 0] > 0)
+            np.testing.assert_array_equal(mask[: env.n_slots], have)
+        obs, _, done, _, _ = env.step(policy(obs, mask))
+        if done:
+            break
+    assert decisions >= 5 and done
+
+
 def test_invalid_action_is_replaced_and_flagged(small_instances) -> None:
     env = RescheduleEnv(small_instances)
     env.reset(seed=0, options={"instance": 0})
