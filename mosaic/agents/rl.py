@@ -122,7 +122,7 @@ def _model_path(path: str | Path | None, env_var: str, what: str) -> Path:
 def predicted_instance(workload: Workload, costs: CostModel, cluster: Cluster,
                        resident: Mapping[int, str | None] | None = None) -> Any:  # fmt: skip
     """An env instance whose 'true' lengths are the cost model's predictions (what a planner may know)."""
-    from mosaic.envs.dispatch import Instance
+    from mosaic.envs.problem import Instance
 
     table = {(r.query_id, r.expert): Response(max(round(costs.predicted_tokens(r)), 0)) for r in workload.requests}
     return Instance(workload, Responses(table), costs, cluster, None, dict(resident or {}), workload.name)

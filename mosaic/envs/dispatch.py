@@ -19,8 +19,7 @@ stolen: the load has started, and a steal must not change the past.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from operator import add
 
 import numpy as np
@@ -28,8 +27,8 @@ import numpy as np
 from mosaic.agents.bounds import lower_bound
 from mosaic.core.errors import ConfigError, PlanError
 from mosaic.core.trace import EXPERT_STAGE, TraceWriter
-from mosaic.core.types import Cluster, Plan, Responses, Workload
-from mosaic.predictors.interface import CostModel
+from mosaic.core.types import Plan
+from mosaic.envs.problem import Instance
 from mosaic.runtime.sim import SimBackend
 from mosaic.runtime.sim_worker import discard
 
@@ -38,57 +37,6 @@ DEFAULT_BUCKETS = (512.0, 2048.0)  # predicted output tokens: edges of the short
 _ACTIVE, _WAIT_IDLE, _WAIT_OTHER = 0, 1, 2
 _MANY = 1 << 62  # "no limit" on the number of events
 _MIN_WORK = 1e-12  # predicted seconds queued of an expert with requests queued (never 0: they can be stolen)
-
-
-@dataclass(frozen=True, slots=True)
-class Instance:
-    """One scheduling problem: what runs (workload), its truth (responses) and what the agent is told (costs)."""
-
-    workload: Workload
-    responses: Responses  # true output lengths the simulator replays; never shown to the agent
-    costs: CostModel  # bound to ``workload``: the predictions the agent and the schedulers see
-    cluster: Cluster
-    max_batch: int | None = None  # runtime cap on every engine's batch (None: the profile's)
-    resident: Mapping[int, str | None] = field(default_factory=dict)  # worker id -> expert loaded at the start
-    name: str = ""
-
-    def __repr__(self) -> str:
-        wl = self.workload
-        return (f"Instance({self.name or wl.name!r}: {len(wl.queries)} queries, {len(wl.requests)} requests, "
-                f"{len(self.cluster)} workers)")  # fmt: skip
-
-
-class SharedTuple(tuple):
-    """An immutable tuple that copies as itself, so it can travel in ``gymnasium.make`` kwargs (the registry
-    deep-copies them; workloads and plans hold mapping proxies, which do not copy) and be shared by env copies."""
-
-    def __copy__(self) -> SharedTuple:
-        return self
-
-    def __deepcopy__(self, memo: dict) -> SharedTuple:
-        return self
-
-
-class InstanceSet(SharedTuple):
-    """A :class:`SharedTuple` of :class:`Instance` s."""
-
-    def __new__(cls, instances: Sequence[Instance] = ()) -> InstanceSet:
-        items = tuple(instances)
-        bad = [type(i).__name__ for i in items if not isinstance(i, Instance)]
-        if bad:
-            raise ConfigError(f"InstanceSet holds Instance objects only, got {bad[:3]}")
-        return super().__new__(cls, items)
-
-
-class PlanSet(SharedTuple):
-    """A :class:`SharedTuple` of start plans, one per instance of an env (computed once, shared by env copies)."""
-
-    def __new__(cls, plans: Sequence[Plan] = ()) -> PlanSet:
-        items = tuple(plans)
-        bad = [type(p).__name__ for p in items if not isinstance(p, Plan)]
-        if bad:
-            raise ConfigError(f"PlanSet holds Plan objects only, got {bad[:3]}")
-        return super().__new__(cls, items)
 
 
 class Prepared:
@@ -135,6 +83,13 @@ class Prepared:
         with TraceWriter(None) as trace:
             stage = self.backend.run_stage(EXPERT_STAGE, plan, inst.workload, inst.cluster, trace, 0.0, inst.resident)
         return stage.makespan
+
+
+# every attribute of a Dispatcher (``Dispatcher.copy``; a test checks that the list is complete)
+_DISPATCHER_STATE = ("p", "lookahead", "n_slots", "steal_action", "wait_action", "quantum", "ids", "sims", "track",
+                     "executed", "qwork", "qcount", "admitted_pred", "pool", "pwork", "mode", "next_t", "calm_t",
+                     "now", "deciding", "_decision", "steals", "waits", "takes", "pcount", "pool_total",
+                     "_ask")  # fmt: skip
 
 
 class Dispatcher:
@@ -192,6 +147,21 @@ class Dispatcher:
         for i in range(n_w):
             self._refresh(i)
         self._ask = set(range(n_w))
+
+    def copy(self) -> Dispatcher:
+        """An independent copy of the episode's state at this moment (shares the read-only :class:`Prepared`);
+        built attribute by attribute, like :meth:`WorkerSim.copy`."""
+        new = object.__new__(Dispatcher)
+        for name in _DISPATCHER_STATE:
+            value = getattr(self, name)
+            if isinstance(value, list) and value and isinstance(value[0], list | deque):
+                value = [type(row)(row) for row in value]  # lists of lists or of deques
+            elif isinstance(value, list | set):
+                value = type(value)(value)
+            setattr(new, name, value)
+        new.sims = [sim.copy() for sim in self.sims]
+        new._decision = None  # recomputed from the state on demand (its lists are handed out)
+        return new
 
     # --- setup -------------------------------------------------------------------------------------------------
 

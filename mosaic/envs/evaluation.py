@@ -19,8 +19,8 @@ import numpy as np
 from mosaic.agents.thresholds import DEFAULT_TOLERANCE
 from mosaic.core.trace import EXPERT_STAGE, TraceWriter
 from mosaic.core.types import Plan
-from mosaic.envs.dispatch import Instance
 from mosaic.envs.policies import Policy, heuristic, rollout
+from mosaic.envs.problem import Instance
 from mosaic.envs.reschedule import RescheduleEnv, default_plan_scheduler, plan_instance
 from mosaic.envs.skip_tables import SkipTable, observations, stage_time
 from mosaic.report.metrics import mean_ci

@@ -16,7 +16,7 @@ import numpy as np
 from mosaic.core.config import RunConfig, load_config
 from mosaic.core.errors import ConfigError, WorkloadError
 from mosaic.core.types import Cluster, Request, Responses, Workload
-from mosaic.envs.dispatch import Instance, InstanceSet
+from mosaic.envs.problem import Instance, InstanceSet
 from mosaic.predictors.interface import CostModel, LengthPredictor
 
 # A small paper-like scenario (6 experts, k = 3, 4 workers) that keeps episodes fast on 2 cores.

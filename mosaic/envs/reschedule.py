@@ -11,7 +11,8 @@ from gymnasium import spaces
 
 from mosaic.core.errors import ConfigError
 from mosaic.core.types import Plan
-from mosaic.envs.dispatch import _ACTIVE, DEFAULT_BUCKETS, Dispatcher, Instance, Prepared
+from mosaic.envs.dispatch import _ACTIVE, DEFAULT_BUCKETS, Dispatcher, Prepared
+from mosaic.envs.problem import Instance
 
 OBS_HIGH = 16.0  # every observation entry is clipped to [0, OBS_HIGH]
 # the observation's blocks in order: name -> (rows, columns) as functions of (workers W, expert slots S, buckets B)
@@ -92,13 +93,13 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
 
     ## Arguments
 
-    ``instances`` (list of :class:`~mosaic.envs.dispatch.Instance`; default: built from ``config`` by
+    ``instances`` (list of :class:`~mosaic.envs.problem.Instance`; default: built from ``config`` by
     :func:`mosaic.envs.instances.config_instances`), ``config`` (RunConfig or YAML path; None: a 40-query
     GPQA-like scenario), ``n_instances``, ``instance_seed``, ``instance_stream`` (1: training, 2: evaluation),
     ``noise`` (None: the config's length predictor, e.g. the paper's per-expert mean; a float: true lengths times a
     log-normal error of that sigma), ``start`` (``empty`` | ``plan``), ``instance_order`` (``random``: drawn with
     ``self.np_random``; ``cycle``: 0, 1, 2, ... for evaluation), ``plan_scheduler``, ``plans`` (start plans, one
-    per instance, e.g. a :class:`~mosaic.envs.dispatch.PlanSet`; default: ``plan_scheduler``'s), ``quantum_frac``,
+    per instance, e.g. a :class:`~mosaic.envs.problem.PlanSet`; default: ``plan_scheduler``'s), ``quantum_frac``,
     ``reward_ref``, ``n_slots``, ``buckets``, ``render_mode`` (``ansi``).
     """
 
@@ -145,6 +146,7 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
             raise ConfigError(f"reschedule env: {len(plans)} start plans for {len(self.instances)} instances")
         self.plans = tuple(plans) if plans is not None else None  # instance -> start plan (None: plan_scheduler's)
         self._prepared: list[Prepared | None] = [None] * len(self.instances)
+        self._start_states: list[tuple[Dispatcher, bool] | None] = [None] * len(self.instances)  # _first_decision
         shapes = [block(self.n_workers, n_slots, len(self.buckets) + 1) for block in OBS_BLOCKS.values()]
         self._obs_sizes = [rows * cols for rows, cols in shapes]
         size = sum(self._obs_sizes)
@@ -162,14 +164,12 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
         index = int(options.get("instance", self._next_instance()))
         if not 0 <= index < len(self.instances):
             raise ConfigError(f"reschedule env: options['instance'] must be in 0..{len(self.instances) - 1}")
-        prep = self.prepared(index)
-        plan = options.get("plan")
-        if plan is None and self.start == "plan":
-            plan = self.plan_of(index)
-        self.dispatcher = Dispatcher(prep, self.n_slots, self.quantum_frac, plan)
-        self._ref = self._reward_ref(index, plan, options.get("plan") is not None)
+        given = options.get("plan")
+        plan = self.plan_of(index) if given is None and self.start == "plan" else given
+        self.dispatcher, more = self._first_decision(index, plan, given is not None)
+        self._ref = self._reward_ref(index, plan, given is not None)
         self._last_time = 0.0
-        self._done = not self.dispatcher.advance()
+        self._done = not more
         return self._obs(), self._info(False) | {"instance": index}
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
@@ -218,6 +218,19 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
         if prep is None:
             prep = self._prepared[index] = Prepared(self.instances[index], self.n_slots, self.buckets)
         return prep
+
+    def _first_decision(self, index: int, plan: Plan | None, given: bool) -> tuple[Dispatcher, bool]:
+        """A dispatcher of instance ``index`` run to its first decision point, and whether work is left. Nothing
+        is decided before that point, so it is simulated once per instance and later resets start from a copy
+        (``given``: a start plan from ``reset`` options, not cached)."""
+        start = None if given else self._start_states[index]
+        if start is None:
+            d = Dispatcher(self.prepared(index), self.n_slots, self.quantum_frac, plan)
+            start = (d, d.advance())
+            if given:
+                return start
+            self._start_states[index] = start
+        return start[0].copy(), start[1]
 
     def plan_of(self, index: int) -> Plan:
         """The start plan of instance ``index``: the one given in ``plans``, else :attr:`plan_scheduler`'s (cached)."""

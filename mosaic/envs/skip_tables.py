@@ -16,7 +16,7 @@ from mosaic.agents.thresholds import FEATURE_NAMES, features
 from mosaic.core.errors import WorkloadError
 from mosaic.core.trace import AGGREGATION_STAGE, TraceWriter
 from mosaic.core.types import Cluster, Expert, ExpertKind, Responses, Workload
-from mosaic.envs.dispatch import Instance
+from mosaic.envs.problem import Instance
 from mosaic.runtime.aggregation import confidence
 from mosaic.runtime.executor import aggregation_workload, is_correct
 from mosaic.runtime.sim import SimBackend

@@ -108,7 +108,7 @@ def reschedule_kwargs(cfg: RunConfig, opts: TrainOptions, heldout: bool) -> dict
     stream = EVAL_STREAM if heldout else TRAIN_STREAM
     instances = config_instances(cfg, n, opts.seed, noise, stream)
     if env.get("start") == "plan":  # plan once, share the plans between env copies
-        from mosaic.envs.dispatch import PlanSet
+        from mosaic.envs.problem import PlanSet
         from mosaic.envs.reschedule import default_plan_scheduler, plan_instance
 
         env["plan_scheduler"] = env.get("plan_scheduler") or default_plan_scheduler()

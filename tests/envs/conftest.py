@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from mosaic.core.config import RunConfig, load_config
-from mosaic.envs.dispatch import InstanceSet
 from mosaic.envs.instances import EVAL_STREAM, config_instances
+from mosaic.envs.problem import InstanceSet
 
 # 24 synthetic GPQA-like questions, 6 experts, k = 3, 4 workers: episodes of a few milliseconds.
 SMALL = ("workload.preset=gpqa", "workload.num_queries=24", "workload.questions=synthetic", "tracking.mode=disabled")

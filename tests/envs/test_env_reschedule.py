@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from collections import deque
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ import pytest
 from mosaic.core.errors import ConfigError
 from mosaic.core.trace import EXPERT_STAGE, TraceWriter
 from mosaic.core.types import plan_from_order
-from mosaic.envs.dispatch import Dispatcher
+from mosaic.envs.dispatch import _DISPATCHER_STATE, Dispatcher
 from mosaic.envs.policies import heuristic, random_policy, rollout
 from mosaic.envs.reschedule import RescheduleEnv, plan_instance
 from mosaic.runtime.sim import SimBackend
@@ -46,6 +47,47 @@ def test_lookahead_gives_the_lockstep_rollout(start: str, noisy_instances, monke
     ahead = _trajectory(make(), 3, 400)
     monkeypatch.setattr("mosaic.envs.reschedule.Dispatcher", functools.partial(Dispatcher, lookahead=False))
     assert _trajectory(make(), 3, 400) == ahead
+
+
+class _Uncached(RescheduleEnv):
+    """Simulates every reset's start from scratch (the env itself copies a cached first decision point)."""
+
+    def _first_decision(self, index, plan, given):
+        return super()._first_decision(index, plan, True)
+
+
+@pytest.mark.parametrize("start", ["empty", "plan"])
+def test_cached_start_gives_the_fresh_rollout(start: str, noisy_instances) -> None:
+    """Episodes that start from a copy of an instance's cached first decision point (each instance comes back
+    several times) run exactly as episodes simulated from scratch."""
+    kw = {"start": start, "plan_scheduler": "greedy-lpt"}
+    cached = _trajectory(RescheduleEnv(noisy_instances, **kw), 5, 600)
+    assert sum(len(step) == 2 for step in cached) > 2 * len(noisy_instances)  # resets: instances repeat
+    assert cached == _trajectory(_Uncached(noisy_instances, **kw), 5, 600)
+
+
+def test_dispatcher_copy_is_complete_and_independent(noisy_instances) -> None:
+    env = RescheduleEnv(noisy_instances)
+    env.reset(seed=0, options={"instance": 0})
+    for _ in range(3):
+        env.step(int(np.flatnonzero(env.action_masks())[-1]))
+    d = env.dispatcher
+    twin = d.copy()
+    assert set(vars(twin)) == set(vars(d)) == set(_DISPATCHER_STATE)
+    for name, value in vars(d).items():
+        if isinstance(value, list | set | deque) and name != "ids":
+            assert vars(twin)[name] is not value, name
+            if isinstance(value, list) and value and isinstance(value[0], list | deque):
+                assert all(a is not b for a, b in zip(vars(twin)[name], value, strict=True)), name
+    runs = []
+    for disp in (twin, d):  # the copy first: the original must still be where the copy started
+        rng = np.random.default_rng(0)
+        while disp.deciding is not None:
+            disp.apply(int(rng.choice(np.flatnonzero(disp.valid_actions(disp.deciding)))))
+            if not disp.advance():
+                break
+        runs.append((disp.order(), disp.makespan(), disp.steals, disp.takes, disp.waits))
+    assert runs[0] == runs[1]
 
 
 def test_observations_in_space_and_masks_valid(small_instances) -> None:
