@@ -6,7 +6,8 @@ with a random valid action (``action_masks()``), as a training loop without a po
     python benchmarks/bench_env.py [--steps 20000] [--repeat 3] [--config experiments/configs/gpqa.yaml]
 
 With ``start="plan"`` an episode has only a few decisions (queues run dry near the end of the plan), so each step
-simulates a large share of the workload: its steps/s is bounded by the simulator's own requests/s.
+simulates a large share of the workload: its steps/s is bounded by the simulator's own requests/s (the part of an
+episode before its first decision is simulated once per instance; resets copy that state).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ TARGET = 5_000.0
 
 
 def steps_per_second(env, steps: int, seed: int = 0) -> tuple[float, float, int, float]:
-    """(steps per CPU second, steps per wall second, episodes, simulated requests per CPU second) of ``steps``
+    """(steps per CPU second, steps per wall second, episodes, episode requests per CPU second) of ``steps``
     random valid actions, resets included. CPU time (this process) is the headline: the machine is shared, so wall
     time also counts other jobs. Requests: those of the finished reschedule episodes (0 for the threshold env)."""
     uniform = np.random.default_rng(seed).random(steps).tolist()  # drawn up front: Generator calls cost ~us each
@@ -68,7 +69,7 @@ def main() -> None:
     }
     title = f"env throughput, {cfg.name} ({args.repeat} runs, best)"
     table = Table("env", "steps", "episodes", "steps/CPU-s", "steps/wall-s", "x goal (5k/s, CPU)",
-                  "sim. requests/CPU-s", title=title)  # fmt: skip
+                  "episode requests/CPU-s", title=title)  # fmt: skip
     for name, env in envs.items():
         steps_per_second(env, min(args.steps, 500))  # warm-up: per-instance arrays and plans are cached
         results = [steps_per_second(env, args.steps, seed) for seed in range(args.repeat)]
