@@ -3,8 +3,9 @@ tuples that carry instances and start plans through ``gymnasium.make`` unchanged
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import Any, ClassVar, Self
 
 from mosaic.core.errors import ConfigError
 from mosaic.core.types import Cluster, Plan, Responses, Workload
@@ -30,33 +31,33 @@ class Instance:
 
 
 class SharedTuple(tuple):
-    """An immutable tuple that copies as itself, so it can travel in ``gymnasium.make`` kwargs (the registry
-    deep-copies them; workloads and plans hold mapping proxies, which do not copy) and be shared by env copies."""
+    """An immutable tuple of :attr:`item_type` objects that copies as itself, so it can travel in ``gymnasium.make``
+    kwargs (the registry deep-copies them; workloads and plans hold mapping proxies, which do not copy) and be
+    shared by env copies."""
 
-    def __copy__(self) -> SharedTuple:
+    item_type: ClassVar[type] = object
+
+    def __new__(cls, items: Iterable[Any] = ()) -> Self:
+        items = tuple(items)
+        bad = [type(i).__name__ for i in items if not isinstance(i, cls.item_type)]
+        if bad:
+            raise ConfigError(f"{cls.__name__} holds {cls.item_type.__name__} objects only, got {bad[:3]}")
+        return super().__new__(cls, items)
+
+    def __copy__(self) -> Self:
         return self
 
-    def __deepcopy__(self, memo: dict) -> SharedTuple:
+    def __deepcopy__(self, memo: dict) -> Self:
         return self
 
 
 class InstanceSet(SharedTuple):
     """A :class:`SharedTuple` of :class:`Instance` s."""
 
-    def __new__(cls, instances: Sequence[Instance] = ()) -> InstanceSet:
-        items = tuple(instances)
-        bad = [type(i).__name__ for i in items if not isinstance(i, Instance)]
-        if bad:
-            raise ConfigError(f"InstanceSet holds Instance objects only, got {bad[:3]}")
-        return super().__new__(cls, items)
+    item_type = Instance
 
 
 class PlanSet(SharedTuple):
     """A :class:`SharedTuple` of start plans, one per instance of an env (computed once, shared by env copies)."""
 
-    def __new__(cls, plans: Sequence[Plan] = ()) -> PlanSet:
-        items = tuple(plans)
-        bad = [type(p).__name__ for p in items if not isinstance(p, Plan)]
-        if bad:
-            raise ConfigError(f"PlanSet holds Plan objects only, got {bad[:3]}")
-        return super().__new__(cls, items)
+    item_type = Plan
