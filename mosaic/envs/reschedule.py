@@ -283,9 +283,13 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
                 "invalid_action": invalid, "steals": d.steals, "takes": d.takes, "waits": d.waits}  # fmt: skip
 
     def obs_fields(self, obs: np.ndarray) -> dict[str, np.ndarray]:
-        """``obs`` cut into the named blocks of :data:`OBS_BLOCKS` (views, shaped (rows, columns))."""
+        """One observation vector cut into the named blocks of :data:`OBS_BLOCKS` (views, shaped (rows, columns))."""
+        obs = np.asarray(obs)
+        if obs.shape != self.observation_space.shape:
+            raise ConfigError(f"reschedule env: obs_fields takes one observation of shape "
+                              f"{self.observation_space.shape}, got shape {obs.shape}")  # fmt: skip
         n_w, n_s, n_b = self.n_workers, self.n_slots, len(self.buckets) + 1
-        parts = np.split(np.asarray(obs), np.cumsum(self._obs_sizes)[:-1])
+        parts = np.split(obs, np.cumsum(self._obs_sizes)[:-1])
         blocks = zip(OBS_BLOCKS.items(), parts, strict=True)
         return {name: part.reshape(block(n_w, n_s, n_b)) for (name, block), part in blocks}
 

@@ -155,6 +155,8 @@ def test_observation_fields_mirror_the_state(small_instances) -> None:
         if done:
             break
     assert decisions >= 5 and done
+    with pytest.raises(ConfigError, match=r"one observation of shape \(107,\), got shape \(2, 107\)"):
+        env.obs_fields(np.stack([obs, obs]))
 
 
 def test_invalid_action_is_replaced_and_flagged(small_instances) -> None:
