@@ -34,9 +34,9 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from mosaic.agents import SCHEDULERS
-from mosaic.core.config import RunConfig, TrackingCfg, load_config
+from mosaic.core.config import TRACKING_MODES, RunConfig, TrackingCfg, load_config
 from mosaic.core.errors import MosaicError
-from mosaic.core.script_args import parse_dataclass_args
+from mosaic.core.script_args import choice_field, parse_dataclass_args
 from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, RequestRecord, TraceWriter
 from mosaic.core.types import Request, Responses, Workload
 from mosaic.pipeline import Experiment, prepare, run_scheduler, workload_rng
@@ -64,7 +64,7 @@ class Args:
     train_frac: float = 0.5  # heldout: share of queries whose true lengths train the model
     out: str = "runs/ilp_lengths"  # where the model and the scatter PNG go
     set: tuple[str, ...] = ()  # config overrides KEY=VALUE (e.g. scheduler_options.mosaic-ilp.buckets=8)
-    wandb: str = "offline"  # W&B mode of the run (tables and scatter PNGs): offline | online | disabled
+    wandb: str = choice_field("offline", TRACKING_MODES)  # W&B mode of the run (tables and scatter PNGs)
 
 
 def parse_args() -> Args:
@@ -339,8 +339,6 @@ def main() -> None:
         raise SystemExit(f"--mode must be heldout or cross-seed, got {args.mode!r}")
     if not args.seeds:
         raise SystemExit("--seeds needs at least one workload seed")
-    if args.wandb not in ("offline", "online", "disabled"):
-        raise SystemExit(f"--wandb must be offline, online or disabled, got {args.wandb!r}")
     try:
         run(args, load_config(args.config, args.set))
     except MosaicError as err:  # a bad config, override or data: one line, no traceback

@@ -28,9 +28,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from mosaic.core.config import TrackingCfg
+from mosaic.core.config import TRACKING_MODES, TrackingCfg
 from mosaic.core.errors import WorkloadError
-from mosaic.core.script_args import parse_dataclass_args
+from mosaic.core.script_args import choice_field, parse_dataclass_args
 from mosaic.predictors.length_data import LengthDataset, load_dataset, split_by_query
 from mosaic.predictors.length_eval import Comparison, compare_on_split, cross_expert_ceiling, metrics_table
 from mosaic.report.tracking import log_run
@@ -56,7 +56,7 @@ class Args:
     test_frac: float = 0.2  # share of queries held out
     seed: int = 0  # split seed
     out: str = "runs/length_predictors"  # scatter PNG and results JSON
-    wandb: str = "offline"  # W&B mode of the run (metrics tables and scatter PNG): offline | online | disabled
+    wandb: str = choice_field("offline", TRACKING_MODES)  # W&B mode of the run (metrics tables and scatter PNG)
 
 
 def parse_args() -> Args:
@@ -157,8 +157,6 @@ def main() -> None:
     args = parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    if args.wandb not in ("offline", "online", "disabled"):
-        raise SystemExit(f"--wandb must be offline, online or disabled, got {args.wandb!r}")
     unknown = [d for d in args.datasets.split(",") if d not in SOURCES]
     if unknown:
         raise SystemExit(f"unknown datasets {unknown}; known: {', '.join(SOURCES)}")

@@ -29,9 +29,9 @@ from pathlib import Path
 import numpy as np
 
 from mosaic.agents.thresholds import FixedThreshold
-from mosaic.core.config import TrackingCfg
+from mosaic.core.config import TRACKING_MODES, TrackingCfg
 from mosaic.core.errors import MosaicError
-from mosaic.core.script_args import parse_dataclass_args
+from mosaic.core.script_args import choice_field, parse_dataclass_args
 from mosaic.report.tracking import log_run
 from mosaic.runtime.agreement import AgreementResult, EmbeddingAgreement, agreement_from_answers, make_embedder
 from mosaic.runtime.answers import AnswerKind, normalize_code
@@ -57,7 +57,7 @@ class Args:
     similarity: float = -2.0  # cosine threshold of embedding agreement; < -1: the embedder's default
     seed: int = 0  # seed of the calibration/evaluation split
     limit: int = 0  # use only the first N questions per task (0: all)
-    wandb: str = "offline"  # W&B mode of the run (the table and the plot): offline | online | disabled
+    wandb: str = choice_field("offline", TRACKING_MODES)  # W&B mode of the run (the table and the plot)
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -240,8 +240,6 @@ def check_args(args: Args) -> None:
     if args.code_agreement not in ("embedding", "exact"):
         raise MosaicError(f"--code-agreement must be 'embedding' or 'exact', got {args.code_agreement!r}")
     make_embedder(args.embedder)  # raises on an unknown name
-    if args.wandb not in ("offline", "online", "disabled"):
-        raise MosaicError(f"--wandb must be offline, online or disabled, got {args.wandb!r}")
 
 
 def main(argv: list[str] | None = None) -> int:

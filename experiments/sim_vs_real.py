@@ -20,8 +20,8 @@ import numpy as np
 from rich.console import Console
 
 import mosaic.runtime.vllm_backend  # noqa: F401  (registers 'vllm')
-from mosaic.core.config import load_config
-from mosaic.core.script_args import parse_dataclass_args
+from mosaic.core.config import TRACKING_MODES, load_config
+from mosaic.core.script_args import choice_field, parse_dataclass_args
 from mosaic.pipeline import prepare, run_scheduler
 from mosaic.predictors.costmodel import ProfiledCostModel
 from mosaic.predictors.lengths import MeanLengthPredictor
@@ -45,7 +45,7 @@ class Args:
     alone: bool = False  # profile one engine alone (default: 1, 2, ... engines at once up to one per worker)
     models_dir: str = "models"  # where missing tiny models are built
     out: str = "runs/sim_vs_real"  # traces, the error table (JSON) and the real-vs-simulated Gantt PNG
-    wandb: str = "offline"  # W&B mode of the run (error table and Gantt): offline | online | disabled
+    wandb: str = choice_field("offline", TRACKING_MODES)  # W&B mode of the run (error table and Gantt)
 
 
 def parse() -> Args:
@@ -91,8 +91,6 @@ def build_profile(cfg, workload, out: str, console: Console, concurrent: bool = 
 
 def main() -> None:
     args = parse()
-    if args.wandb not in ("offline", "online", "disabled"):
-        raise SystemExit(f"--wandb must be offline, online or disabled, got {args.wandb!r}")
     console = Console(width=140)
     base = load_config(args.config)
     profile_path = args.profile or base.costs.profile

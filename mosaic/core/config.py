@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -95,8 +95,12 @@ class AggregationCfg(_Cfg):
         return self
 
 
+TrackingMode = Literal["offline", "online", "disabled"]
+TRACKING_MODES: tuple[str, ...] = get_args(TrackingMode)
+
+
 class TrackingCfg(_Cfg):
-    mode: Literal["offline", "online", "disabled"] = "offline"
+    mode: TrackingMode = "offline"
     project: str = "mosaic"
     entity: str | None = None
 

@@ -16,7 +16,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from mosaic.core.config import RunConfig, TrackingCfg, load_config
+from mosaic.core.config import TRACKING_MODES, RunConfig, TrackingCfg, load_config
 from mosaic.core.errors import ConfigError
 
 console = Console()
@@ -62,7 +62,7 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
 
 
 def _shared(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--wandb", choices=["offline", "online", "disabled"], help="W&B mode (default: the config's)")
+    p.add_argument("--wandb", choices=TRACKING_MODES, help="W&B mode (default: the config's)")
     p.add_argument("--track", action="store_true", help="W&B online (same as --wandb online)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config field (repeatable)")  # fmt: skip

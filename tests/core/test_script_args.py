@@ -6,7 +6,8 @@ from dataclasses import dataclass
 
 import pytest
 
-from mosaic.core.script_args import parse_dataclass_args
+from mosaic.core.config import TRACKING_MODES
+from mosaic.core.script_args import choice_field, parse_dataclass_args
 
 
 @dataclass(frozen=True)
@@ -33,3 +34,15 @@ def test_bad_values_exit_with_usage(capsys):
     with pytest.raises(SystemExit):
         parse_dataclass_args(Args, "doc", ["--rounds", "many"])
     assert "--rounds" in capsys.readouterr().err
+
+
+def test_choice_fields_refuse_other_values(capsys):
+    @dataclass(frozen=True)
+    class Tracked:
+        wandb: str = choice_field("offline", TRACKING_MODES)
+
+    assert parse_dataclass_args(Tracked, "doc", []).wandb == "offline"
+    assert parse_dataclass_args(Tracked, "doc", ["--wandb", "disabled"]).wandb == "disabled"
+    with pytest.raises(SystemExit):
+        parse_dataclass_args(Tracked, "doc", ["--wandb", "sometimes"])
+    assert "invalid choice: 'sometimes' (choose from 'offline', 'online', 'disabled')" in capsys.readouterr().err
