@@ -5,9 +5,9 @@ with a random valid action (``action_masks()``), as a training loop without a po
 
     python benchmarks/bench_env.py [--steps 20000] [--repeat 3] [--config experiments/configs/gpqa.yaml]
 
-With ``start="plan"`` an episode has only a few decisions (queues run dry near the end of the plan), so each step
-simulates a large share of the workload: its steps/s is bounded by the simulator's own requests/s (the part of an
-episode before its first decision is simulated once per instance; resets copy that state).
+With ``start="plan"`` an episode has only a few decisions, near the end of the plan (queues run dry there): most
+of the workload runs before the first one, which is simulated once per instance (resets copy that state), so each
+step carries a reset's copy and a share of the remaining simulation.
 """
 
 from __future__ import annotations
