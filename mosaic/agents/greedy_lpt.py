@@ -1,5 +1,7 @@
 """Greedy LPT: longest predicted request first onto the worker where it would finish earliest, loads counted.
 
+A load is priced with the teardown of the expert it replaces, as the simulator and real workers pay it.
+
 :func:`greedy_lpt_order` is the reusable core (the MOSAIC ILP uses it as a warm start);
 :class:`GreedyLPTScheduler` wraps it into a :class:`Plan`.
 """
@@ -26,18 +28,31 @@ def cost_matrix(workload: Workload, costs: CostModel, cluster: Cluster) -> np.nd
     return np.ascontiguousarray(per_type[[types.index(g) for g in gpus]].T)
 
 
-def _pending_loads(experts: list[str], costs: CostModel, cluster: Cluster, res: Mapping[int, str]) -> np.ndarray:
-    """Experts x workers: load seconds a worker pays before serving the expert (0 where resident)."""
+def _switch_costs(
+    experts: list[str], costs: CostModel, cluster: Cluster, res: Mapping[int, str]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Experts x workers load seconds and teardown seconds on each worker's GPU type, and per worker the
+    teardown of what it holds at the start (its resident expert; 0 with nothing resident)."""
     gpus = worker_gpus(cluster)
-    return np.array([[0.0 if res.get(w) == e else costs.load_seconds(e, g) for w, g in gpus.items()] for e in experts])
+    load = np.array([[costs.load_seconds(e, g) for g in gpus.values()] for e in experts]).reshape(-1, len(gpus))
+    unload = np.array([[costs.unload_seconds(e, g) for g in gpus.values()] for e in experts]).reshape(-1, len(gpus))
+    held = np.array([costs.unload_seconds(res[w], g) if w in res else 0.0 for w, g in gpus.items()])
+    return load, unload, held
 
 
-def _assign(cost: np.ndarray, expert_of: list[int], pending: np.ndarray, rank: list[int]) -> tuple[list[int], float]:
+def _assign(
+    cost: np.ndarray, expert_of: list[int], switch: tuple[np.ndarray, np.ndarray, np.ndarray], new: np.ndarray,
+    rank: list[int],
+) -> tuple[list[int], float]:  # fmt: skip
     """Place requests in ``rank`` order, each on the worker (column) where it finishes first; ties -> lowest.
 
-    ``pending`` (experts x workers load seconds) is consumed: a worker pays each expert's load once.
-    Returns the column of every request and the greedy's own makespan estimate.
+    ``new`` (experts x workers, True where the worker does not serve the expert yet) is consumed: a worker
+    pays an expert's load once, plus the teardown of the expert it last loaded (or of its resident), which
+    is exactly what the worker's final order (resident first, then experts in order of first assignment)
+    frees before that load. Returns the column of every request and the greedy's own makespan estimate.
     """
+    load, unload, held = switch
+    pending = np.where(new, load + held, 0.0)  # what serving each expert would add on each worker now
     finish = np.zeros(cost.shape[1])
     where = [0] * len(expert_of)
     for i in rank:
@@ -45,7 +60,9 @@ def _assign(cost: np.ndarray, expert_of: list[int], pending: np.ndarray, rank: l
         cand = finish + cost[i] + pending[e]
         w = int(cand.argmin())
         finish[w] = cand[w]
-        pending[e, w] = 0.0
+        if new[e, w]:
+            new[e, w] = False
+            pending[:, w] = np.where(new[:, w], load[:, w] + unload[e, w], 0.0)
         where[i] = w
     return where, float(finish.max(initial=0.0))
 
@@ -60,9 +77,10 @@ def greedy_lpt_order(
 
     Requests sorted by predicted seconds at max batch (cheapest GPU type) descending, ties by request id;
     each goes to the worker minimising its finish time = worker's time + its cost there + the expert's
-    load if that worker does not serve that expert yet (resident counts as served); ties -> first worker
-    in cluster order. Each worker then runs its experts in order of first assignment (the resident one
-    first), each expert's requests longest first. Deterministic; O(requests x workers) with numpy rows.
+    load if that worker does not serve that expert yet (resident counts as served), plus the teardown
+    (``unload_seconds``) of the expert that load frees; ties -> first worker in cluster order. Each worker
+    then runs its experts in order of first assignment (the resident one first), each expert's requests
+    longest first. Deterministic; O(requests x workers) with numpy rows.
     """
     res = normalize_resident(cluster, resident)
     order = empty_order(cluster)
@@ -73,9 +91,10 @@ def greedy_lpt_order(
     index = {e: k for k, e in enumerate(experts)}
     expert_of = [index[r.expert] for r in workload.requests]
     cost = cost_matrix(workload, costs, cluster)
-    rank = np.argsort(-cost.min(axis=1), kind="stable").tolist()
-    where, estimate = _assign(cost, expert_of, _pending_loads(experts, costs, cluster, res), rank)
     ids = list(order)
+    rank = np.argsort(-cost.min(axis=1), kind="stable").tolist()
+    new = np.array([[res.get(w) != e for w in ids] for e in experts]).reshape(-1, len(ids))
+    where, estimate = _assign(cost, expert_of, _switch_costs(experts, costs, cluster, res), new, rank)
     per_worker: list[dict[str, list[int]]] = [{} for _ in ids]
     for i in rank:
         per_worker[where[i]].setdefault(experts[expert_of[i]], []).append(i)

@@ -57,7 +57,8 @@ class InstanceOptions:
 class IlpInstance:
     """Everything the model needs, as arrays indexed by position (experts, buckets, worker positions, GPU types).
 
-    Arrays are read-only. ``load`` already holds 0 where an expert is resident (it then runs first there).
+    Arrays are read-only. ``load`` already holds 0 where an expert is resident (it then runs first there)
+    and includes each expert's teardown (:func:`_switch_seconds`).
     """
 
     experts: tuple[str, ...]  # experts with requests, workload order
@@ -73,7 +74,7 @@ class IlpInstance:
     latency_max: np.ndarray  # experts x types: seconds of the slowest request alone
     decode_max: np.ndarray  # experts x types: largest shared decode seconds (d) of its requests
     bucket_latency: np.ndarray  # buckets x types: seconds of the bucket's slowest request alone
-    load: np.ndarray  # experts x workers: load seconds (0 where resident)
+    load: np.ndarray  # experts x workers: load + own teardown seconds (0 where resident; see _switch_seconds)
     memory_need: np.ndarray  # experts x types: GB on the GPU (weights + runtime)
     memory_cap: tuple[float, ...]  # worker position -> GB
     allowed: np.ndarray  # experts x workers (bool): the expert may be placed there
@@ -107,6 +108,20 @@ def _frozen(a: np.ndarray) -> np.ndarray:
     a = np.ascontiguousarray(a, dtype=float)
     a.flags.writeable = False
     return a
+
+
+def _switch_seconds(
+    costs: CostModel, experts: Sequence[str], ids: Sequence[int], gpus: Sequence[str], res: Mapping[int, str],
+    aggregator: str,
+) -> np.ndarray:  # fmt: skip
+    """Experts x workers: what serving an expert costs a worker that does not hold it: its load plus its own
+    teardown (``unload_seconds``), paid when the worker's next load frees it; the aggregator, served last and
+    left loaded, pays no teardown. 0 where resident (it runs first). A worker's teardowns are then counted
+    exactly when nothing is resident there and the aggregator or no further expert ends its order; otherwise
+    off by one teardown at most (the resident freed by its first load; a last expert that stays loaded)."""
+    return np.array([[0.0 if res.get(w) == e else costs.load_seconds(e, g) + (0.0 if e == aggregator else
+                      costs.unload_seconds(e, g)) for w, g in zip(ids, gpus, strict=True)]
+                     for e in experts]).reshape(-1, len(ids))  # fmt: skip
 
 
 def _per_type(costs: CostModel, reqs: Sequence[Request], gpu: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -298,8 +313,7 @@ def build_instance(
     lat_max = np.array([lat[groups[e]].max(axis=0) for e in experts]).reshape(-1, len(types))
     dec_max = np.array([decode[groups[e]].max(axis=0) for e in experts]).reshape(-1, len(types))
     res = _resident(cluster, resident, experts)
-    load = np.array([[0.0 if res.get(w) == e else costs.load_seconds(e, types[wtype[k]]) for k, w in enumerate(ids)]
-                     for e in experts]).reshape(-1, len(ids))  # fmt: skip
+    load = _switch_seconds(costs, experts, ids, [types[t] for t in wtype], res, workload.aggregator.name)
     need = np.array([[costs.model_cost(e, g).memory_gb for g in types] for e in experts]).reshape(-1, len(types))
     cap = np.array([w.memory_gb for w in cluster.workers], dtype=float)
     allowed = _fit(experts, need, cap, wtype)

@@ -130,6 +130,43 @@ def test_lpt_ties_go_to_the_lowest_worker_and_residents_are_free(toy):
     assert (p.stats["loads"], p.stats["resident_hits"]) == (0, 1)
 
 
+def with_teardown(costs, unload: dict[str, float]):
+    """``costs`` whose experts take ``unload`` seconds to free (0 for the others)."""
+
+    class WithUnload(type(costs)):
+        def unload_seconds(self, expert: str, gpu_type: str) -> float:
+            return unload.get(expert, 0.0)
+
+    return WithUnload(costs.workload, costs.load_s, costs.tokens, costs.max_batch)
+
+
+def test_lpt_charges_the_teardown_of_the_expert_a_load_replaces(toy):
+    wl = toy.workload([("e0",)], ["e0", "e1"])
+    plain = toy.costs(wl)
+    costs = with_teardown(plain, {"e1": 50.0})
+    cluster = toy.cluster(["fast"] * 2)
+    resident = {0: "e1"}
+    assert plan("greedy-lpt", wl, plain, cluster, resident=resident).order[0] == (0,)  # a tie: lowest worker
+    p = plan("greedy-lpt", wl, costs, cluster, resident=resident)
+    assert p.order[1] == (0,)  # freeing e1 on worker 0 would cost 50 s more
+    alone = plan("greedy-lpt", wl, costs, toy.cluster(["fast"]), resident=resident)
+    cost = costs.request_seconds(wl.requests[0], "fast")
+    assert alone.stats["greedy_estimate_s"] == pytest.approx(50.0 + 10.0 + cost)
+
+
+def test_lpt_estimate_counts_each_teardown_its_order_makes(toy):
+    wl = toy.workload([("e0",), ("e1",), ("e0",)], ["e0", "e1"])
+    costs = with_teardown(toy.costs(wl, tokens={"e0": 900.0, "e1": 100.0}), {"e0": 3.0, "e1": 5.0})
+    cluster = toy.cluster(["fast"])
+    p = plan("greedy-lpt", wl, costs, cluster)
+    assert p.placement[0] == ("e0", "e1")
+    work = sum(costs.request_seconds(r, "fast") for r in wl.requests)
+    assert p.stats["greedy_estimate_s"] == pytest.approx(work + 2 * 10.0 + 3.0)  # e0 freed once, e1 never
+    on_e1 = plan("greedy-lpt", wl, costs, cluster, resident={0: "e1"})
+    assert on_e1.placement[0] == ("e1", "e0")  # the resident runs first, then e1 is freed for e0
+    assert on_e1.stats["greedy_estimate_s"] == pytest.approx(work + 10.0 + 5.0)
+
+
 def test_heterogeneous_gpus(toy):
     wl = toy.workload([("e0",)] * 12, ["e0"])
     costs, cluster = toy.costs(wl), toy.cluster(["slow", "fast"])

@@ -189,3 +189,37 @@ def test_deal_meets_quotas_and_spreads_ranks():
     assert np.bincount(where, minlength=4).tolist() == [6, 0, 3, 3]
     assert sorted(np.flatnonzero(where == 2).tolist()) != [9, 10, 11]  # not the 3 shortest in a row
     assert where[0] == 0
+
+
+def with_teardown(wl, costs, seconds: dict[str, float]) -> ProfiledCostModel:
+    """``costs`` (a ProfiledCostModel of ``wl``) whose experts take ``seconds`` to free."""
+
+    class Teardown(ProfiledCostModel):
+        def unload_seconds(self, expert: str, gpu_type: str) -> float:
+            return seconds[expert]
+
+    return Teardown(costs.profile, costs.predictor, wl)
+
+
+def test_a_load_carries_the_teardown_of_the_expert_it_brings():
+    wl, plain, cluster = stage(300, ["R1", "I1", "I2"], workers=2, aggregator="I1")
+    costs = with_teardown(wl, plain, {"R1": 7.0, "I1": 5.0, "I2": 3.0})
+    inst = build_instance(wl, costs, cluster, resident={1: "I2"})
+    load = {e: plain.load_seconds(e, GPU) for e in ("R1", "I1", "I2")}
+    by_expert = dict(zip(inst.experts, inst.load.tolist(), strict=True))
+    assert by_expert["R1"] == pytest.approx([load["R1"] + 7.0] * 2)
+    assert by_expert["I1"] == pytest.approx([load["I1"]] * 2)  # the aggregator runs last and stays loaded
+    assert by_expert["I2"] == pytest.approx([load["I2"] + 3.0, 0.0])  # resident on worker 1
+
+
+def test_a_costly_teardown_keeps_the_plan_from_switching_experts():
+    names = ["R1", "R2", "I1", "I2", "I3"]
+    wl, plain, cluster = stage(400, names, workers=3, aggregator="I1")
+    costs = with_teardown(wl, plain, {n: 0.0 if n == "I1" else 300.0 for n in names})
+    blind = MosaicIlpScheduler().plan(wl, plain, cluster, RNG(0))
+    aware = MosaicIlpScheduler().plan(wl, costs, cluster, RNG(0))
+    check(aware, wl, costs, cluster)
+    assert max(len(seq) for seq in blind.placement.values()) == 3  # two teardowns on one worker
+    assert max(len(seq) for seq in aware.placement.values()) == 2
+    priced_blind = max(order_worker_times(blind.order, wl, costs, cluster).values())
+    assert aware.predicted_makespan < 0.8 * priced_blind
