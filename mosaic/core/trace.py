@@ -124,7 +124,7 @@ class TraceWriter:
 
     def _write(self, d: dict) -> None:
         if self._fh:
-            self._fh.write(json.dumps(d, sort_keys=True) + "\n")
+            self._fh.write(json.dumps(d) + "\n")  # the default encoder is cached; keys keep field order
             self._fh.flush()
 
     def write(self, rec: Record) -> None:
