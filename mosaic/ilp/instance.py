@@ -116,9 +116,9 @@ def _switch_seconds(
 ) -> np.ndarray:  # fmt: skip
     """Experts x workers: what serving an expert costs a worker that does not hold it: its load plus its own
     teardown (``unload_seconds``), paid when the worker's next load frees it; the aggregator, served last and
-    left loaded, pays no teardown. 0 where resident (it runs first). A worker's teardowns are then counted
-    exactly when nothing is resident there and the aggregator or no further expert ends its order; otherwise
-    off by one teardown at most (the resident freed by its first load; a last expert that stays loaded)."""
+    left loaded, pays no teardown. 0 where resident (it runs first). Exact for a worker with nothing resident
+    whose order ends with the aggregator; otherwise off by one teardown at most (a resident freed by the first
+    load is not counted; a last expert other than the aggregator is, though it stays loaded)."""
     return np.array([[0.0 if res.get(w) == e else costs.load_seconds(e, g) + (0.0 if e == aggregator else
                       costs.unload_seconds(e, g)) for w, g in zip(ids, gpus, strict=True)]
                      for e in experts]).reshape(-1, len(ids))  # fmt: skip
