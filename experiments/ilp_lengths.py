@@ -9,6 +9,9 @@ same config with seed+1 and runs the pipeline's own ``prepare`` with ``costs.pre
 With synthetic responses two ideal predictors bound what any per-query predictor could give: each request's
 expected length given its query's whole difficulty (drawn by the response model; only the response's own noise
 unknown) and given the difficulty's visible part (domain and prompt length, all a feature-based model can read).
+``--selection-draws K`` adds two more: each scheduler's plan, among those it made with every predictor, with the
+lowest mean simulated makespan over K length sets drawn from the true response model given the visible (resp.
+whole) difficulty: the ideal stochastic choice among the plans at hand.
 
 One table per workload seed; with several seeds (``--seeds 0 1 2 3 4``) a summary follows: each predictor's
 makespan change against the configured means, per seed and as a mean with its 95% confidence interval (a seed's
@@ -38,7 +41,7 @@ from mosaic.core.config import TRACKING_MODES, RunConfig, TrackingCfg, load_conf
 from mosaic.core.errors import MosaicError
 from mosaic.core.script_args import choice_field, parse_dataclass_args
 from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, RequestRecord, TraceWriter
-from mosaic.core.types import Request, Responses, Workload
+from mosaic.core.types import Plan, Request, Responses, Workload
 from mosaic.pipeline import Experiment, prepare, run_scheduler, workload_rng
 from mosaic.predictors.costmodel import ProfiledCostModel
 from mosaic.predictors.factory import build_cost_model, build_profile
@@ -47,9 +50,10 @@ from mosaic.predictors.length_data import rows_from_workload
 from mosaic.predictors.lgbm import LightGBMLengthPredictor
 from mosaic.report.metrics import mean_ci
 from mosaic.report.tracking import log_run
+from mosaic.runtime.registry import BACKENDS
 from mosaic.workloads import expert_means
 from mosaic.workloads.build import response_model, synthetic_difficulty
-from mosaic.workloads.synthetic import expected_length
+from mosaic.workloads.synthetic import draw_hidden, draw_lengths, expected_length
 
 ROOT = Path(__file__).resolve().parents[1]
 console = Console(width=None if sys.stdout.isatty() else 180)  # wide tables when piped to a file
@@ -65,6 +69,7 @@ class Args:
     out: str = "runs/ilp_lengths"  # where the model and the scatter PNG go
     set: tuple[str, ...] = ()  # config overrides KEY=VALUE (e.g. scheduler_options.mosaic-ilp.buckets=8)
     wandb: str = choice_field("offline", TRACKING_MODES)  # W&B mode of the run (tables and scatter PNGs)
+    selection_draws: int = 0  # > 0: also each scheduler's best plan over this many true-model length draws
 
 
 def parse_args() -> Args:
@@ -139,7 +144,9 @@ def predictors(path: Path) -> list[str]:
     return ["mean", f"mean:{trace_of(path)}{EXPECTED}", lgbm, lgbm + EXPECTED, f"{lgbm}@p50", f"{lgbm}@p90", "oracle"]
 
 
-CEILINGS = {"ceiling:difficulty": "difficulty known (ceiling)", "ceiling:visible": "visible difficulty (ceiling)"}
+CEILINGS = {"ceiling:difficulty": "difficulty known (ceiling)", "ceiling:visible": "visible difficulty (ceiling)",
+            "selection:visible": "best plan, visible difficulty drawn (ceiling)",
+            "selection:difficulty": "best plan, difficulty known, noise drawn (ceiling)"}  # fmt: skip
 
 
 class KnownLengths(LengthPredictor):
@@ -179,6 +186,56 @@ def ceiling_runs(full: Experiment, keep: np.ndarray, base: Experiment, scheds: l
     return out
 
 
+def redrawn(base: Experiment, known: np.ndarray, hidden_too: bool, rng: np.random.Generator) -> Responses:
+    """``base``'s responses with output lengths drawn afresh from its synthetic response model, given each
+    (renumbered) query's difficulty ``known`` plus, when ``hidden_too``, a fresh hidden part; answers kept."""
+    wl, model = base.workload, response_model(base.cfg, base.workload)
+    z = known + (draw_hidden(len(known), model, rng) if hidden_too else 0.0)
+    means = expert_means(base.cfg, wl)
+    reqs = wl.requests
+    tokens = draw_lengths(np.array([means[r.expert] for r in reqs]), z[[r.query_id for r in reqs]],
+                          [wl.expert(r.expert).kind for r in reqs], model.gamma, rng)  # fmt: skip
+    table = dict(base.responses.table)
+    for r, t in zip(reqs, tokens.tolist(), strict=True):
+        table[(r.query_id, r.expert)] = replace(table[(r.query_id, r.expert)], output_tokens=t)
+    return Responses(table)
+
+
+def simulated_makespan(exp: Experiment, plan: Plan, responses: Responses) -> float:
+    """Expert-stage makespan of ``plan`` in the simulator replaying ``responses``."""
+    backend = BACKENDS.get("sim")(exp.cfg, responses, exp.costs)
+    try:
+        return backend.run_stage(EXPERT_STAGE, plan, exp.workload, exp.cluster, TraceWriter(None)).end
+    finally:
+        backend.close()
+
+
+def selection_runs(full: Experiment, keep: np.ndarray, runs: dict, scheds: list[str], draws: int) -> dict:
+    """Spec -> (experiment, {scheduler: run}): each scheduler's run, among its runs in ``runs`` (oracle excluded),
+    whose plan has the lowest mean simulated makespan over ``draws`` length sets from the true response model,
+    given the queries' visible difficulty (hidden part drawn too) or their whole difficulty; {} without."""
+    cfg, base = full.cfg, runs["mean"][0]
+    if draws < 1 or cfg.responses.model == "recorded":
+        return {}
+    visible, hidden = synthetic_difficulty(cfg, full.workload, workload_rng(cfg))
+    rng = np.random.default_rng([cfg.seed, 2])
+    out: dict = {}
+    for spec, known, hidden_too in (("selection:visible", visible[keep], True),
+                                    ("selection:difficulty", (visible + hidden)[keep], False)):  # fmt: skip
+        sets = [redrawn(base, known, hidden_too, rng) for _ in range(draws)]
+        chosen = {}
+        for s in scheds:
+            cands = {p: by[s] for p, (_, by) in runs.items() if p != "oracle"}
+            score = {p: np.mean([simulated_makespan(base, r.result.expert_plan, x) for x in sets])
+                     for p, r in cands.items()}  # fmt: skip
+            best = min(score, key=score.__getitem__)
+            console.print(f"{label_of(spec)}, {s}: the plan made with {label_of(best)} "
+                          f"(mean {score[best]:.1f} s over {draws} draws)")  # fmt: skip
+            chosen[s] = cands[best]
+        out[spec] = (base, chosen)
+    return out
+
+
 def with_ceilings(runs: dict, ceilings: dict) -> dict:
     """``runs`` with ``ceilings`` inserted before the oracle (the table's last row)."""
     oracle = runs.pop("oracle")
@@ -205,7 +262,13 @@ def heldout_runs(cfg: RunConfig, args: Args, scheds: list[str], path: Path) -> d
     for p in predictors(path):
         exp = sub_experiment(full, keep, p)
         out[p] = (exp, {s: run_scheduler(exp, s) for s in scheds})
-    return with_ceilings(out, ceiling_runs(full, keep, out["mean"][0], scheds))
+    return ideal_runs(full, keep, out, scheds, args.selection_draws)
+
+
+def ideal_runs(full: Experiment, keep: np.ndarray, out: dict, scheds: list[str], draws: int) -> dict:
+    """``out`` with the ideal predictors' runs and the ideal plan selections inserted before the oracle."""
+    ceilings = ceiling_runs(full, keep, out["mean"][0], scheds)
+    return with_ceilings(out, {**ceilings, **selection_runs(full, keep, {**out, **ceilings}, scheds, draws)})
 
 
 def cross_seed_runs(args: Args, seed: int, scheds: list[str], path: Path) -> dict:
@@ -219,7 +282,7 @@ def cross_seed_runs(args: Args, seed: int, scheds: list[str], path: Path) -> dic
                                                 f"costs.expected={str(expected).lower()}"]))  # fmt: skip
         out[p] = (exp, {s: run_scheduler(exp, s) for s in scheds})
     base = out["mean"][0]
-    return with_ceilings(out, ceiling_runs(base, np.arange(len(base.workload.queries)), base, scheds))
+    return ideal_runs(base, np.arange(len(base.workload.queries)), out, scheds, args.selection_draws)
 
 
 def report(runs: dict, scheds: list[str], title: str) -> None:
@@ -339,6 +402,8 @@ def main() -> None:
         raise SystemExit(f"--mode must be heldout or cross-seed, got {args.mode!r}")
     if not args.seeds:
         raise SystemExit("--seeds needs at least one workload seed")
+    if args.selection_draws < 0:
+        raise SystemExit(f"--selection-draws must be >= 0, got {args.selection_draws}")
     try:
         run(args, load_config(args.config, args.set))
     except MosaicError as err:  # a bad config, override or data: one line, no traceback

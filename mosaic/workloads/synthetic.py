@@ -75,11 +75,35 @@ def _letters(query) -> tuple[str, ...]:
     return tuple(chr(ord("A") + i) for i in range(n))
 
 
+def _log_median(mean, z, gamma: float, sigma):
+    """The lognormal's ``mu`` of a response: E[exp(gamma z)] ~ exp(gamma^2 / 2) for standardised z and the noise's
+    exp(sigma^2 / 2) are divided out, so the expert's mean length stays ``mean``."""
+    return np.log(mean) + gamma * z - gamma**2 / 2 - sigma**2 / 2
+
+
 def _length(expert: Expert, mean: float, z: float, gamma: float, rng: np.random.Generator) -> int:
     s = SIGMA[expert.kind]
-    # E[exp(gamma z)] ~ exp(gamma^2 / 2) for standardised z: divided out so the expert's mean stays ``mean``
-    mu = np.log(mean) + gamma * z - gamma**2 / 2 - s**2 / 2
-    return int(np.clip(round(rng.lognormal(mu, s)), MIN_TOKENS, MAX_TOKENS[expert.kind]))
+    return int(np.clip(round(rng.lognormal(_log_median(mean, z, gamma, s), s)), MIN_TOKENS, MAX_TOKENS[expert.kind]))
+
+
+def draw_lengths(
+    mean: np.ndarray, z: np.ndarray, kinds: Sequence[ExpertKind], gamma: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Output tokens of responses by experts of ``kinds`` (mean lengths ``mean``) to queries of difficulty ``z``,
+    from the same distribution :func:`synthesize` draws them from (vectorised; for analysis: fresh lengths for a
+    workload whose difficulties are known)."""
+    sigma = np.array([SIGMA[k] for k in kinds], dtype=float)
+    cap = np.array([MAX_TOKENS[k] for k in kinds], dtype=float)
+    draws = rng.lognormal(_log_median(np.asarray(mean, dtype=float), np.asarray(z, dtype=float), gamma, sigma), sigma)
+    return np.clip(np.round(draws), MIN_TOKENS, cap).astype(np.int64)
+
+
+def draw_hidden(n: int, model: ResponseModel, rng: np.random.Generator) -> np.ndarray:
+    """Hidden difficulty parts of ``n`` queries, from the distribution :func:`difficulty_parts` draws them from
+    (its Beta, standardised by the Beta's own moments rather than the sample's, times sqrt(1 - visible))."""
+    a, b = model.difficulty
+    mean, sd = a / (a + b), np.sqrt(a * b / ((a + b) ** 2 * (a + b + 1)))
+    return np.sqrt(1.0 - model.visible) * (rng.beta(a, b, size=n) - mean) / sd
 
 
 def _answer(gold: str, letters: tuple[str, ...], correct: bool, distractors: np.ndarray, rng) -> str:

@@ -13,19 +13,24 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "experiments" / "ilp_lengths.py"
 LABELS = {"mean", "mean (trace) expected", "lightgbm", "lightgbm expected", "lightgbm@p50", "lightgbm@p90",
           "difficulty known (ceiling)", "visible difficulty (ceiling)", "oracle"}  # fmt: skip
+SELECTIONS = {"best plan, visible difficulty drawn (ceiling)", "best plan, difficulty known, noise drawn (ceiling)"}
 
 
 def test_script_plans_every_predictor_on_every_seed(tmp_path: Path) -> None:
     out = tmp_path / "out"
     args = ["--config", str(ROOT / "experiments" / "configs" / "gpqa.yaml"), "--set", "workload.num_queries=60",
-            "--seeds", "0", "1", "--wandb", "disabled", "--out", str(out)]  # fmt: skip
+            "--seeds", "0", "1", "--wandb", "disabled", "--out", str(out), "--selection-draws", "2"]  # fmt: skip
     proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
     assert "over 2 seeds" in proc.stdout and "95% CI" in proc.stdout
     data = json.loads((out / "gpqa-heldout-summary.json").read_text())
     assert set(data) == {"0", "1"}
     for seed, by_predictor in data.items():
-        assert set(by_predictor) == LABELS
+        assert set(by_predictor) == LABELS | SELECTIONS
+        for label in SELECTIONS:  # one of the scheduler's own plans (the oracle's excluded)
+            for sched, r in by_predictor[label].items():
+                made = [by_predictor[p][sched]["makespan_s"] for p in LABELS - {"oracle"}]
+                assert r["makespan_s"] in made
         assert (out / f"gpqa-heldout-s{seed}-scatter.png").stat().st_size > 0
         bound = by_predictor["oracle"]["mosaic-ilp"]["lower_bound_s"]  # from true lengths: valid for any plan
         for by_sched in by_predictor.values():
@@ -37,6 +42,7 @@ def test_script_plans_every_predictor_on_every_seed(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(("args", "message"), [
     (["--mode", "both"], "--mode must be heldout or cross-seed"),
+    (["--selection-draws", "-1"], "--selection-draws must be >= 0"),
     (["--set", "cluster.workers=0"], "error: invalid config"),  # before any training, no traceback
     (["--config", "nope.yaml"], "error: config file nope.yaml does not exist"),
 ])  # fmt: skip

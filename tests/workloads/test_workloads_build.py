@@ -21,8 +21,8 @@ from mosaic.workloads import (
     load_questions,
     split_options,
 )
-from mosaic.workloads.build import synthetic_difficulty
-from mosaic.workloads.synthetic import _length, expected_length
+from mosaic.workloads.build import response_model, synthetic_difficulty
+from mosaic.workloads.synthetic import MAX_TOKENS, MIN_TOKENS, _length, draw_hidden, draw_lengths, expected_length
 
 
 def _build(preset: str, seed: int = 0, **wl):
@@ -215,3 +215,25 @@ def test_expected_length_is_the_mean_of_the_draws(known_var):
     unknown = rng.normal(0.0, np.sqrt(1.0 - known_var), 40_000)  # the rest of the difficulty
     draws = [_length(expert, 200.0, known + u, gamma, rng) for u in unknown]
     assert np.mean(draws) == pytest.approx(float(expected_length(200.0, np.array(known), known_var, gamma)), rel=0.02)
+
+
+@pytest.mark.parametrize("kind", [ExpertKind.REASONING, ExpertKind.INSTRUCT])
+def test_draw_lengths_follows_the_responses_distribution(kind):
+    rng = np.random.default_rng(1)
+    expert, gamma = Expert("e", "m", 7.0, kind, 15.0), 0.75
+    z = rng.normal(0.0, 1.0, 20_000)
+    one_by_one = np.array([_length(expert, 3000.0, zi, gamma, rng) for zi in z])
+    vectorised = draw_lengths(np.full(z.size, 3000.0), z, [kind] * z.size, gamma, rng)
+    assert vectorised.dtype.kind == "i" and vectorised.min() >= MIN_TOKENS and vectorised.max() <= MAX_TOKENS[kind]
+    qs = [0.1, 0.5, 0.9, 0.99]
+    assert np.quantile(vectorised, qs) == pytest.approx(np.quantile(one_by_one, qs), rel=0.06)
+    assert np.mean(vectorised == MAX_TOKENS[kind]) == pytest.approx(np.mean(one_by_one == MAX_TOKENS[kind]), abs=3e-3)
+
+
+def test_draw_hidden_follows_the_workloads_hidden_difficulty():
+    cfg, wl, _ = _build("gpqa", seed=3, num_queries=4000)
+    _, hidden = synthetic_difficulty(cfg, wl, np.random.default_rng(3))
+    drawn = draw_hidden(hidden.size, response_model(cfg, wl), np.random.default_rng(9))
+    assert np.mean(drawn) == pytest.approx(0.0, abs=0.03) and np.var(drawn) == pytest.approx(0.4, rel=0.05)
+    qs = [0.01, 0.25, 0.5, 0.75, 0.99]
+    assert np.quantile(drawn, qs) == pytest.approx(np.quantile(hidden, qs), abs=0.04)
