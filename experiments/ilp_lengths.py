@@ -110,6 +110,7 @@ def train_model(wl: Workload, responses: Responses, query_ids: set[int], path: P
     as a trace beside it (:func:`trace_of`), from which ``mean:TRACE`` fits per-expert means and spreads."""
     reqs = [r for r in wl.requests if r.query_id in query_ids]
     agg = wl.aggregator.name
+    trace_of(path).unlink(missing_ok=True)  # TraceWriter appends (for resumed runs); this trace is this model's
     with TraceWriter(trace_of(path)) as trace:
         for r in reqs:
             trace.write(RequestRecord(EXPERT_STAGE, r.id, r.query_id, r.expert, 0, 0.0, 0.0, r.prompt_tokens,

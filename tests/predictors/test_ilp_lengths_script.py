@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from mosaic.core.config import load_config
+from mosaic.pipeline import prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "experiments" / "ilp_lengths.py"
@@ -49,3 +53,18 @@ def test_script_plans_every_predictor_on_every_seed(tmp_path: Path) -> None:
 def test_script_refuses_bad_arguments(args: list[str], message: str) -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_retraining_rewrites_the_training_trace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = importlib.util.spec_from_file_location("ilp_lengths", SCRIPT)
+    script = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "ilp_lengths", script)  # its dataclasses look their module up
+    spec.loader.exec_module(script)
+    exp = prepare(load_config(ROOT / "experiments" / "configs" / "gpqa.yaml", ["workload.num_queries=40"]))
+    path = tmp_path / "m.lgbm"
+    lines = []
+    for ids in ({*range(30)}, {*range(30)}, {*range(20)}):  # the same model twice, then another
+        script.train_model(exp.workload, exp.responses, ids, path)
+        lines.append(len(script.trace_of(path).read_text().splitlines()))
+    per_query = len(exp.workload.routes[0]) + 1  # this workload routes every query to k experts, plus @agg
+    assert lines == [30 * per_query, 30 * per_query, 20 * per_query]
