@@ -75,7 +75,9 @@ def _letters(query) -> tuple[str, ...]:
     return tuple(chr(ord("A") + i) for i in range(n))
 
 
-def _log_median(mean, z, gamma: float, sigma):
+def _log_median(
+    mean: float | np.ndarray, z: float | np.ndarray, gamma: float, sigma: float | np.ndarray
+) -> float | np.ndarray:
     """The lognormal's ``mu`` of a response: E[exp(gamma z)] ~ exp(gamma^2 / 2) for standardised z and the noise's
     exp(sigma^2 / 2) are divided out, so the expert's mean length stays ``mean``."""
     return np.log(mean) + gamma * z - gamma**2 / 2 - sigma**2 / 2
