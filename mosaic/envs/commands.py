@@ -162,21 +162,22 @@ def cmd_eval_agents(args: argparse.Namespace) -> int:
         rows = compare_schedulers(instances, resched, dispatch, args.plan_scheduler)
     console.print(makespan_table(rows, f"{cfg.name}: expert-stage makespan over {args.seeds} instances"))
     threshold = load_agent(args.threshold_model, "threshold") if args.threshold_model else None
-    tables, source = skip_tables_for(instances, threshold)
+    tables, data, source = skip_tables_for(instances, threshold)
     learned = {"learned (RL)": SB3SkipModel(threshold)} if threshold is not None else {}
     with console.status("running skip policies"):
         trows = compare_thresholds(tables, learned)
     console.print(threshold_table(trows, f"aggregation skip policies ({source})"))
-    png = pareto_png(trows, out / "pareto.png", f"{cfg.name}: aggregation time vs accuracy\n({source})")
+    png = pareto_png(trows, out / "pareto.png", f"{data or cfg.name}: aggregation time vs accuracy\n({source})")
     write_results(out, rows, trows)
     _track(cfg, args, out, rows, trows, png)
     console.print(f"results in {out}")
     return 0
 
 
-def skip_tables_for(instances: Sequence[Any], threshold: Any) -> tuple[list[Any], str]:
-    """The evaluation skip tables: RouterBench's held-out split when the threshold model was trained on it (same
-    split), else the evaluation instances' own tables."""
+def skip_tables_for(instances: Sequence[Any], threshold: Any) -> tuple[list[Any], str | None, str]:
+    """The evaluation skip tables, the data set they come from (None: the config's own instances) and a description:
+    RouterBench's held-out split when the threshold model was trained on it (same split), else the evaluation
+    instances' own tables."""
     from mosaic.envs.skip_tables import routerbench_table, skip_table
 
     env_meta = dict(threshold.meta.get("env", {})) if threshold is not None else {}
@@ -185,8 +186,8 @@ def skip_tables_for(instances: Sequence[Any], threshold: Any) -> tuple[list[Any]
 
         rng = np.random.default_rng(int(env_meta.get("split_seed", 0)))
         _, heldout = routerbench_table().split(float(env_meta.get("test_share", 0.5)), rng)
-        return [heldout], f"RouterBench held-out, {len(heldout)} queries"
-    return [skip_table(inst) for inst in instances], f"{len(instances)} instances"
+        return [heldout], "RouterBench", f"RouterBench held-out, {len(heldout)} queries"
+    return [skip_table(inst) for inst in instances], None, f"{len(instances)} instances"
 
 
 def write_results(out: Path, rows: Sequence[Any], trows: Sequence[Any]) -> None:

@@ -174,6 +174,17 @@ def test_eval_agents_command(reschedule_model: Path, threshold_model: Path, smal
     assert (tmp_path / "pareto.png").stat().st_size > 1000 and (tmp_path / "makespans.csv").is_file()
 
 
+def test_eval_tables_name_routerbench_when_the_agent_was_trained_on_it(shared_data: Path) -> None:
+    from types import SimpleNamespace
+
+    from mosaic.envs.commands import skip_tables_for
+
+    agent = SimpleNamespace(meta={"env": {"source": "routerbench", "split_seed": 0, "test_share": 0.5}})
+    tables, data, source = skip_tables_for([], agent)  # the pareto plot is titled with `data`, not the config
+    assert data == "RouterBench" and source.startswith("RouterBench held-out") and len(tables) == 1
+    assert skip_tables_for([], None)[1:] == (None, "0 instances")
+
+
 def test_bad_cli_input_is_one_clear_error(small_config_file: Path, tmp_path: Path) -> None:
     assert main(["eval-agents", str(small_config_file), "--seeds", "0", "--out", str(tmp_path)]) == 2
     assert main(["eval-agents", str(tmp_path / "nope.yaml")]) == 2
