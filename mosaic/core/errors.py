@@ -26,3 +26,12 @@ class RegistryError(MosaicError, KeyError):
 
     def __str__(self) -> str:  # KeyError quotes its argument; show the plain message
         return str(self.args[0]) if self.args else ""
+
+
+class TraceError(MosaicError):
+    """An unreadable trace or JSONL data file; the message names the file and the line."""
+
+
+class TornLineWarning(MosaicError, UserWarning):
+    """A JSONL file whose last line is cut short (a crash mid-write): the lines before it are read. Turned into an
+    error with ``warnings.simplefilter("error", TornLineWarning)`` (the CLI's ``--strict``)."""

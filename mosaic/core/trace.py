@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import json
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import IO, ClassVar
 
-from mosaic.core.errors import MosaicError
+from mosaic.core.errors import MosaicError, TornLineWarning, TraceError
 
 EXPERT_STAGE = "expert"
 AGGREGATION_STAGE = "aggregation"
@@ -109,13 +110,40 @@ def record_from_dict(d: dict) -> Record:
     return cls(**{k: v for k, v in d.items() if k in names})
 
 
-class TraceWriter:
-    """Appends records to a JSONL file, one line each, flushed as written."""
+def record_key(rec: Record) -> tuple | None:
+    """What a trace holds at most once: a request of a stage, a query's aggregation decision (loads: no key)."""
+    if isinstance(rec, RequestRecord):
+        return ("request", rec.stage, rec.request_id)
+    if isinstance(rec, AggregationRecord):
+        return ("aggregation", rec.query_id)
+    return None
 
-    def __init__(self, path: str | Path | None, meta: dict | None = None) -> None:
+
+def finished_requests(records: Iterable[Record]) -> dict[tuple[str, int], RequestRecord]:
+    """(stage, request id) -> the request's record among ``records`` (the last one wins)."""
+    return {(r.stage, r.request_id): r for r in records if isinstance(r, RequestRecord)}
+
+
+class TraceWriter:
+    """Appends records to a JSONL file, one line each, flushed as written.
+
+    ``resume=True`` continues an interrupted run's trace: a torn last line is cut off first (with a
+    :class:`TornLineWarning`), the records already there are :attr:`prior`, and a request or decision that is
+    already there is not written again, so the finished trace holds each exactly once.
+    """
+
+    def __init__(self, path: str | Path | None, meta: dict | None = None, resume: bool = False) -> None:
         self.path = Path(path) if path else None
         self.records: list[Record] = []
+        self.prior: tuple[Record, ...] = ()
+        self._seen: set[tuple] = set()
         self._fh: IO[str] | None = None
+        if resume:
+            if self.path is None or not self.path.is_file():
+                raise TraceError(f"cannot resume: trace {self.path} does not exist")
+            repair_torn_tail(self.path)
+            self.prior = tuple(read_trace(self.path))
+            self._seen = {k for r in self.prior if (k := record_key(r)) is not None}
         if self.path:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._fh = self.path.open("a", encoding="utf-8")
@@ -128,6 +156,8 @@ class TraceWriter:
             self._fh.flush()
 
     def write(self, rec: Record) -> None:
+        if self._seen and record_key(rec) in self._seen:
+            return  # finished before the interruption: its record is already in the trace
         self.records.append(rec)
         if self._fh:
             self._write(record_to_dict(rec))
@@ -148,17 +178,68 @@ class TraceWriter:
         self.close()
 
 
+def _torn(path: Path, line: int, text: str) -> TornLineWarning:
+    return TornLineWarning(f"{path}: line {line} is cut short (a crash mid-write?); it is ignored: {text[:60]!r}")
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict]:
+    """The JSON objects of a JSONL file (:func:`numbered_jsonl` without the line numbers)."""
+    for _, d in numbered_jsonl(path):
+        yield d
+
+
+def numbered_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number, JSON object) of a JSONL file, one per non-empty line. A line that is not a JSON object raises
+    :class:`TraceError` naming the file and line, except a torn last line (a crash mid-write), which is skipped
+    with a :class:`TornLineWarning` (an error under ``warnings.simplefilter("error", TornLineWarning)``)."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as err:
+        raise TraceError(f"cannot read {p}: {err}") from None
+    last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            d = json.loads(line)
+        except json.JSONDecodeError as err:
+            if i == last:
+                warnings.warn(_torn(p, i + 1, line), stacklevel=3)
+                return
+            raise TraceError(f"{p}: line {i + 1} is not valid JSON ({err.msg} at column {err.colno})") from None
+        if not isinstance(d, dict):
+            raise TraceError(f"{p}: line {i + 1} is not a JSON object (got {type(d).__name__})")
+        yield i + 1, d
+
+
+def repair_torn_tail(path: str | Path) -> bool:
+    """Cut a torn last line off a JSONL file (with a :class:`TornLineWarning`) so that appending to it gives valid
+    lines; a complete last line without its newline gets one. True when something was cut."""
+    p = Path(path)
+    data = p.read_bytes()
+    if not data or data.endswith(b"\n"):
+        return False
+    cut = data.rfind(b"\n") + 1
+    tail = data[cut:].decode("utf-8", errors="replace")
+    try:
+        json.loads(tail)
+    except json.JSONDecodeError:
+        warnings.warn(_torn(p, data.count(b"\n") + 1, tail), stacklevel=2)
+        with p.open("r+b") as fh:
+            fh.truncate(cut)
+        return True
+    with p.open("ab") as fh:
+        fh.write(b"\n")
+    return False
+
+
 def read_trace(path: str | Path) -> Iterator[Record]:
-    """Records of a JSONL trace (meta lines and a torn last line are skipped)."""
-    with Path(path).open(encoding="utf-8") as fh:
-        for line in fh:
-            line = line.strip()
-            if not line:
-                continue
-            try:
-                d = json.loads(line)
-            except json.JSONDecodeError:
-                continue  # a crash can leave one torn last line; everything before it is complete
-            if d.get("type") == "meta":
-                continue
+    """Records of a JSONL trace (meta lines skipped; :func:`read_jsonl` says how bad lines are treated)."""
+    for line, d in numbered_jsonl(path):
+        if d.get("type") == "meta":
+            continue
+        try:
             yield record_from_dict(d)
+        except (MosaicError, TypeError) as err:  # an unknown type, a missing field
+            raise TraceError(f"{path}: line {line} is not a trace record: {err}") from None

@@ -13,6 +13,7 @@ import json
 import math
 import re
 import time
+import warnings
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -20,7 +21,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
-from mosaic.core.errors import ConfigError, WorkloadError
+from mosaic.core.errors import ConfigError, TornLineWarning, WorkloadError
 from mosaic.predictors.factory import load_predictor_modules
 from mosaic.predictors.length_data import FORMATS, LengthDataset, load_dataset, split_by_query
 from mosaic.predictors.length_eval import Comparison, baselines, compare_fitted, metrics_table
@@ -52,7 +53,9 @@ def _split(ds: LengthDataset, test_frac: float, seed: int) -> tuple[LengthDatase
 
 
 def _load(args: argparse.Namespace) -> LengthDataset:
-    with console.status(f"reading {args.data}"):
+    with console.status(f"reading {args.data}"), warnings.catch_warnings():
+        if args.strict:
+            warnings.simplefilter("error", TornLineWarning)
         ds = load_dataset(args.data, args.format, args.questions)
     console.print(f"[bold]{ds.name}[/bold]: {len(ds)} rows, {len(np.unique(ds.query_id))} queries, "
                   f"{len(set(ds.expert))} experts")  # fmt: skip
@@ -160,6 +163,8 @@ def _data_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--format", default="auto", choices=DATA_FORMATS, help="data format (default: detect)")
     p.add_argument("--questions", help="trace data: the run's question file (JSON/JSONL, index = query id)")
+    p.add_argument("--strict", action="store_true",
+                   help="a torn last line (a crash mid-write) is an error, not a warning")  # fmt: skip
 
 
 def register_cli(sub: Any) -> None:

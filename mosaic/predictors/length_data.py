@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from mosaic.core.errors import WorkloadError
-from mosaic.core.trace import EXPERT_STAGE, RequestRecord, read_trace
+from mosaic.core.trace import EXPERT_STAGE, RequestRecord, read_jsonl, read_trace
 from mosaic.core.types import Request, Responses, Workload
 
 UNKNOWN = "unknown"
@@ -273,8 +273,7 @@ _ARENA_MODELS = {"o3-mini-2025-01-31": ("reasoning", math.nan), "gemini-2.0-flas
 
 
 def _read_jsonl(path: Path) -> list[dict]:
-    with path.open(encoding="utf-8") as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+    return list(read_jsonl(path))
 
 
 def from_arena_hard(path: str | Path | None = None) -> LengthDataset:

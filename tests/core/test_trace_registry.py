@@ -1,10 +1,19 @@
 import json
+import warnings
 
 import pytest
 
-from mosaic.core.errors import MosaicError, RegistryError
+from mosaic.core.errors import MosaicError, RegistryError, TornLineWarning, TraceError
 from mosaic.core.registry import Registry
-from mosaic.core.trace import AggregationRecord, LoadRecord, RequestRecord, TraceWriter, read_trace
+from mosaic.core.trace import (
+    AggregationRecord,
+    LoadRecord,
+    RequestRecord,
+    TraceWriter,
+    read_jsonl,
+    read_trace,
+    repair_torn_tail,
+)
 
 
 def test_trace_roundtrip_and_flush_per_record(tmp_path):
@@ -23,13 +32,59 @@ def test_trace_roundtrip_and_flush_per_record(tmp_path):
     assert list(read_trace(path)) == recs
 
 
-def test_torn_last_line_is_ignored(tmp_path):
+def _torn_trace(tmp_path):
     path = tmp_path / "t.jsonl"
-    with TraceWriter(path) as w:
+    with TraceWriter(path, meta={"scheduler": "x"}) as w:
         w.write(LoadRecord("expert", 1, "b", 0.0, 1.0))
+        w.write(RequestRecord("expert", 0, 0, "b", 1, 1.0, 2.0, 10, 5))
     with path.open("a") as fh:
         fh.write('{"type": "request", "stage": "exp')
-    assert len(list(read_trace(path))) == 1
+    return path
+
+
+def test_torn_last_line_is_skipped_with_a_warning_naming_file_and_line(tmp_path):
+    path = _torn_trace(tmp_path)
+    with pytest.warns(TornLineWarning, match=rf"{path}: line 4 is cut short"):
+        assert len(list(read_trace(path))) == 2
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", TornLineWarning)  # the CLI's --strict
+        with pytest.raises(TornLineWarning, match="line 4"):
+            list(read_trace(path))
+
+
+def test_a_bad_line_before_the_last_is_an_error_naming_file_and_line(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"type": "load", "stage": "expert", "worker": 0, "expert": "a", "start": 0, "end": 1}\n'
+                    '{not json\n[1, 2]\n')  # fmt: skip
+    with pytest.raises(TraceError, match=rf"{path}: line 2 is not valid JSON"):
+        list(read_trace(path))
+    path.write_text('[1, 2]\n{"type": "meta"}\n')
+    with pytest.raises(TraceError, match="line 1 is not a JSON object"):
+        list(read_jsonl(path))
+    path.write_text('{"type": "load", "stage": "expert"}\n')
+    with pytest.raises(TraceError, match="line 1 is not a trace record"):
+        list(read_trace(path))
+
+
+def test_resume_cuts_the_torn_line_and_writes_each_request_once(tmp_path):
+    path = _torn_trace(tmp_path)
+    again = RequestRecord("expert", 0, 0, "b", 0, 5.0, 6.0, 10, 5)  # finished before: not written again
+    new = RequestRecord("expert", 1, 1, "b", 0, 6.0, 7.0, 10, 5)
+    with pytest.warns(TornLineWarning, match="line 4"), TraceWriter(path, {"resumed": True}, resume=True) as w:
+        assert [type(r) for r in w.prior] == [LoadRecord, RequestRecord]
+        w.extend([LoadRecord("expert", 0, "b", 5.0, 5.5), again, new])
+        assert w.records == [LoadRecord("expert", 0, "b", 5.0, 5.5), new]
+    lines = [json.loads(line) for line in path.read_text().splitlines()]  # every line is valid JSON again
+    assert [d["type"] for d in lines] == ["meta", "load", "request", "meta", "load", "request"]
+    assert [d["request_id"] for d in lines if d["type"] == "request"] == [0, 1]
+
+
+def test_resume_adds_a_missing_newline_and_needs_an_existing_trace(tmp_path):
+    path = tmp_path / "t.jsonl"
+    path.write_text('{"type": "meta"}')  # complete, but the newline was never written
+    assert repair_torn_tail(path) is False and path.read_text() == '{"type": "meta"}\n'
+    with pytest.raises(TraceError, match="does not exist"):
+        TraceWriter(tmp_path / "none.jsonl", resume=True)
 
 
 def test_unknown_record_type(tmp_path):
