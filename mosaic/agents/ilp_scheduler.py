@@ -155,7 +155,7 @@ class MosaicIlpFixedScheduler(MosaicIlpScheduler):
 
     def __init__(self, placement: Mapping[int, Sequence[str]] | None = None, **kwargs: object) -> None:
         super().__init__(**kwargs)  # type: ignore[arg-type]
-        self.placement = None if placement is None else {int(w): tuple(es) for w, es in placement.items()}
+        self.placement = None if placement is None else _placement_map(placement)
 
     def _needs_warm(self) -> bool:
         return self.placement is None
@@ -164,4 +164,27 @@ class MosaicIlpFixedScheduler(MosaicIlpScheduler):
         given = self.placement
         if given is None:
             given = {w: serving_sequence(workload, tuple(ids)) for w, ids in (warm or {}).items()}
+        else:
+            known = {e.name for e in (*workload.experts, workload.aggregator)}
+            unknown = sorted({e for es in given.values() for e in es} - known)
+            if unknown:
+                raise ConfigError(f"placement names unknown expert(s) {unknown}; the workload's: {sorted(known)}")
         return replace(self.options, instance=replace(self.options.instance, placement=given))
+
+
+PLACEMENT_SHAPE = "a mapping of worker id -> list of expert names, e.g. {0: [QwenR1, gemma], 1: [LlamaR1]}"
+
+
+def _placement_map(placement: object) -> dict[int, tuple[str, ...]]:
+    """``placement`` as worker id -> expert names, or a :class:`ConfigError` showing the expected shape."""
+    try:
+        if not isinstance(placement, Mapping):
+            raise TypeError
+        out = {int(w): tuple(es) for w, es in placement.items()}
+        if any(isinstance(es, str) for es in placement.values()) or not all(
+            isinstance(e, str) for es in out.values() for e in es
+        ):
+            raise TypeError
+    except (TypeError, ValueError):
+        raise ConfigError(f"placement must be {PLACEMENT_SHAPE}; got {placement!r}") from None
+    return out

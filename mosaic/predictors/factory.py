@@ -68,4 +68,8 @@ def build_cost_model(
     """
     profile = build_profile(cfg, workload)
     predictor = build_length_predictor(cfg.costs.predictor, means=means, responses=responses, workload=workload)
+    missing = predictor.missing([e.name for e in (*workload.experts, workload.aggregator)])
+    if missing:
+        raise ConfigError(f"costs.predictor {cfg.costs.predictor!r} has no lengths for expert(s) {missing} "
+                          f"(a trace to fit on needs records of every expert and the aggregator)")  # fmt: skip
     return ProfiledCostModel(profile, predictor, workload, expected=cfg.costs.expected)

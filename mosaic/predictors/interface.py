@@ -50,6 +50,10 @@ class LengthPredictor(ABC):
         predictor gives point predictions only. Cost models may price requests by their expected cost under it."""
         return None
 
+    def missing(self, experts: Sequence[str]) -> list[str]:
+        """Those of ``experts`` this predictor cannot predict for (checked before a run starts; default: none)."""
+        return []
+
 
 class CostModel(ABC):
     """Seconds per request and per model load, as schedulers and bounds see them (never true lengths).

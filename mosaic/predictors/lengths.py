@@ -46,6 +46,9 @@ class MeanLengthPredictor(LengthPredictor):
             known = ", ".join(sorted(self.means)) or "(none)"
             raise WorkloadError(f"mean length predictor has no mean for expert {expert!r}; it has: {known}") from None
 
+    def missing(self, experts: Sequence[str]) -> list[str]:
+        return [e for e in experts if e not in self.means]
+
     def predict(self, workload: Workload, requests: Sequence[Request]) -> np.ndarray:
         per_expert = {e: self.mean(e) for e in {r.expert for r in requests}}
         return np.fromiter((per_expert[r.expert] for r in requests), dtype=float, count=len(requests))
