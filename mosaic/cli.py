@@ -6,12 +6,16 @@ import argparse
 import importlib
 import sys
 import time
+import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 from rich.console import Console
+from rich.text import Text
 
 from mosaic.core.config import RunConfig, load_config
-from mosaic.core.errors import MosaicError
+from mosaic.core.errors import ConfigError, MosaicError
 
 # Modules that add their own subcommands through ``register_cli(subparsers)``.
 EXTENSIONS = ("mosaic.predictors.commands", "mosaic.runtime.engine_commands", "mosaic.envs.commands")
@@ -53,12 +57,16 @@ def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> RunConfig:
     return load_config(args.config, [*overrides, *extra])
 
 
-def _execute(args: argparse.Namespace, schedulers: list[str], command: str) -> int:
-    from mosaic.pipeline import compare, prepare
-    from mosaic.report.outputs import run_dir, write_report
+def _execute(args: argparse.Namespace, schedulers: list[str], command: str, resume: str | None = None) -> int:
+    """Build, plan (every input checked before anything is written), run and report: ``mosaic run``, ``compare``
+    and ``resume`` (``resume``: the interrupted run's trace, finished in its own folder)."""
+    from mosaic.pipeline import aggregation_policy, compare, make_backend, plan_scheduler, prepare, run_scheduler
+    from mosaic.report.outputs import run_dir, run_status, write_report
 
     cfg = _config(args)
-    out_dir = run_dir(cfg, command, time.strftime("%Y%m%d-%H%M%S"), args.out)
+    trace = Path(resume) if resume else None
+    if trace is not None and not trace.is_file():
+        raise ConfigError(f"resume: trace {trace} does not exist")
     with console.status(f"building workload {cfg.workload.preset} (seed {cfg.seed})"):
         exp = prepare(cfg)
     console.print(
@@ -68,23 +76,43 @@ def _execute(args: argparse.Namespace, schedulers: list[str], command: str) -> i
         + (f" (T={cfg.aggregation.threshold:g})" if cfg.aggregation.mode == "adaptive" else "")
     )
     with console.status("") as status:
-        runs = compare(exp, schedulers, out_dir, lambda n: status.update(f"running scheduler {n}"))
-    title = f"{cfg.name}: {command}"
-    write_report(cfg, runs, out_dir, console, title)
-    if cfg.runtime.backend in ("vllm", "ray"):
-        from mosaic.runtime.fidelity import fidelity_of_runs, fidelity_table
+        policy, planned = aggregation_policy(exp), []
+        for n in schedulers:
+            status.update(f"planning {n}")
+            planned.append(plan_scheduler(exp, n, policy))
+    if trace is not None:
+        make_backend(exp, resume=True).close()
+    out_dir = trace.parent if trace is not None else run_dir(cfg, command, time.strftime("%Y%m%d-%H%M%S"), args.out)
+    with run_status(out_dir, command), console.status("") as status:
+        if trace is not None:
+            status.update(f"resuming {schedulers[0]} from {trace}")
+            runs = [run_scheduler(exp, planned[0], trace, resume=True)]
+        else:
+            runs = compare(exp, planned, out_dir, lambda n: status.update(f"running scheduler {n}"))
+        status.stop()
+        title = f"{cfg.name}: {command}"
+        write_report(cfg, runs, out_dir, console, title)
+        if trace is not None:
+            console.print("[dim]no simulator-vs-real table: a resumed run's times span two sessions[/dim]")
+        elif cfg.runtime.backend in ("vllm", "ray"):
+            from mosaic.runtime.fidelity import fidelity_of_runs, fidelity_table
 
-        console.print(fidelity_table(fidelity_of_runs(exp, runs), f"{title}: simulator vs real engines"))
+            console.print(fidelity_table(fidelity_of_runs(exp, runs), f"{title}: simulator vs real engines"))
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.resume:
-        from mosaic.runtime.engine_commands import cmd_resume
-
         return cmd_resume(argparse.Namespace(**vars(args), trace=args.resume))
     cfg = _config(args)
     return _execute(args, [args.scheduler or cfg.scheduler], "run")
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Finish an interrupted real-engine run through the same path as ``run`` (same config, seed, scheduler and
+    options, so the same plan): finished requests are not run again, new records go to the same trace."""
+    cfg = _config(args)
+    return _execute(args, [args.scheduler or cfg.scheduler], "resume", resume=args.trace)
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
@@ -129,6 +157,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheduler", help="scheduler name (default: the config's)")
     p.add_argument("--resume", metavar="TRACE", help="finish an interrupted real-engine run from its trace")
     p.set_defaults(func=cmd_run)
+    p = sub.add_parser("resume", help="finish an interrupted real-engine run from its trace (same config and seed)")
+    _common(p)
+    p.add_argument("--trace", required=True, help="the interrupted run's trace (records are appended to it)")
+    p.add_argument("--scheduler", help="scheduler of the interrupted run (default: the config's)")
+    p.set_defaults(func=cmd_resume)
     p = sub.add_parser("compare", help="run several schedulers on the same workload; one table")
     _common(p)
     p.add_argument("--schedulers", required=True, help="comma-separated names; speedups are against the first")
@@ -145,13 +178,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _show_warning(message: Warning | str, category: type[Warning], *rest: Any, **kw: Any) -> None:
+    """MOSAIC's own warnings (a torn trace line, say) as one plain line; others as Python shows them."""
+    if issubclass(category, MosaicError):
+        console.print(Text.assemble(("warning: ", "bold yellow"), str(message)))
+    else:
+        _python_showwarning(message, category, *rest, **kw)
+
+
+_python_showwarning = warnings.showwarning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.func(args) or 0)
-    except MosaicError as err:
-        console.print(f"[bold red]error:[/bold red] {err}")
-        return 2
+    with warnings.catch_warnings():
+        warnings.showwarning = _show_warning
+        try:
+            return int(args.func(args) or 0)
+        except MosaicError as err:
+            console.print(Text.assemble(("error: ", "bold red"), str(err)))
+            return 2
 
 
 if __name__ == "__main__":

@@ -17,13 +17,14 @@ from mosaic.agents.bounds import latency_array
 from mosaic.agents.thresholds import make_aggregation_policy
 from mosaic.core.config import RunConfig
 from mosaic.core.errors import ConfigError, RegistryError
-from mosaic.core.trace import EXPERT_STAGE, Record, TraceWriter
-from mosaic.core.types import Cluster, Query, Responses, Workload
+from mosaic.core.trace import EXPERT_STAGE, Record, TraceWriter, finished_requests
+from mosaic.core.types import Cluster, Plan, Query, Responses, Workload
 from mosaic.predictors.factory import build_cost_model
 from mosaic.predictors.interface import CostModel
 from mosaic.report.metrics import RunMetrics, aggregation_summary, count_loads, worker_usage
 from mosaic.runtime.aggregation import AggregationPolicy
 from mosaic.runtime.executor import Executor, RunResult, aggregation_workload
+from mosaic.runtime.interface import Backend
 from mosaic.runtime.registry import BACKENDS
 from mosaic.workloads import build_workload, expert_means
 
@@ -88,7 +89,7 @@ def prepare(cfg: RunConfig) -> Experiment:
     return Experiment(cfg, workload, responses, costs, cluster, seq)
 
 
-def _policy(exp: Experiment) -> AggregationPolicy:
+def aggregation_policy(exp: Experiment) -> AggregationPolicy:
     """``aggregation.mode``: ``always``, ``adaptive`` (fixed threshold T, two-decimal T = 0.67 meaning 2/3) or
     ``learned`` (a trained AggThreshold agent, ``aggregation.model``, with the features it was trained on)."""
     cfg = exp.cfg
@@ -113,23 +114,61 @@ def skip_context(exp: Experiment) -> Callable[[Query], tuple[list[str], float]]:
     return lambda q: (kinds[q.id], by_query.get(q.id, 0.0))
 
 
-def run_scheduler(exp: Experiment, name: str, trace_path: Path | None = None) -> SchedulerRun:
-    """Run scheduler ``name`` on the experiment's backend; same experiment + name -> same trace."""
-    cfg = exp.cfg
-    scheduler = scheduler_from_config(cfg, name)
-    backend = BACKENDS.get(cfg.runtime.backend)(cfg, exp.responses, exp.costs)
+@dataclass(frozen=True, slots=True)
+class PlannedRun:
+    """A scheduler with its expert-stage plan, made (and validated) before anything is written; ``rng`` is the
+    scheduler's generator after that plan, which the aggregation stage's plan goes on drawing from."""
+
+    name: str
+    scheduler: Scheduler
+    plan: Plan
+    rng: np.random.Generator
+    policy: AggregationPolicy  # the run's skip decisions
+
+
+def plan_scheduler(exp: Experiment, name: str, policy: AggregationPolicy | None = None) -> PlannedRun:
+    """Scheduler ``name`` (with its config options), its validated expert-stage plan and the aggregation policy
+    (default: :func:`aggregation_policy`; pass one to share it among several runs)."""
+    scheduler = scheduler_from_config(exp.cfg, name)
+    policy = policy if policy is not None else aggregation_policy(exp)
     rng = exp.scheduler_rng()
-    meta = {"scheduler": name, "workload": exp.workload.name, "seed": cfg.seed, "backend": cfg.runtime.backend}
+    plan = scheduler.plan(exp.workload, exp.costs.bind(exp.workload), exp.cluster, rng)
+    plan.validate(exp.workload, exp.cluster)
+    return PlannedRun(name, scheduler, plan, rng, policy)
+
+
+def make_backend(exp: Experiment, resume: bool = False) -> Backend:
+    """The configured backend (``resume``: one that can finish an interrupted run, else a :class:`ConfigError`)."""
+    backend = BACKENDS.get(exp.cfg.runtime.backend)(exp.cfg, exp.responses, exp.costs)
+    if resume and not backend.resumable:
+        backend.close()
+        raise ConfigError(f"resume needs a real backend (vllm or ray), got runtime.backend={backend.name!r}")
+    return backend
+
+
+def run_scheduler(
+    exp: Experiment, name: str | PlannedRun, trace_path: Path | None = None, resume: bool = False
+) -> SchedulerRun:
+    """Run scheduler ``name`` (or an already planned one) on the experiment's backend; same experiment + name ->
+    same trace. ``resume``: finish the interrupted run whose trace is ``trace_path`` (a backend that can resume;
+    its finished requests are not run again, the trace ends with each request and decision once)."""
+    cfg = exp.cfg
+    planned = name if isinstance(name, PlannedRun) else plan_scheduler(exp, name)
+    backend = make_backend(exp, resume)
+    meta = {"scheduler": planned.name, "workload": exp.workload.name, "seed": cfg.seed, "backend": cfg.runtime.backend}
     try:
-        with TraceWriter(trace_path, meta=meta) as trace:
-            result = Executor(backend, _policy(exp)).run(exp.workload, scheduler, exp.costs, exp.cluster, rng, trace)
-            records = tuple(trace.records)
+        with TraceWriter(trace_path, meta=meta, resume=resume) as trace:
+            if resume:
+                backend.resume_from(finished_requests(trace.prior))
+            result = Executor(backend, planned.policy).run(exp.workload, planned.scheduler, exp.costs, exp.cluster,
+                                                         planned.rng, trace, planned.plan)  # fmt: skip
+            records, prior = tuple(trace.records), trace.prior
     finally:
         backend.close()
     # the always-aggregate accuracy is known only where the responses are what the backend replays (the simulator)
     always = always_accuracy(exp.workload, exp.responses) if cfg.runtime.backend == "sim" else None
-    metrics = metrics_of(name, result, records, exp.cluster, always)
-    return SchedulerRun(name, result, records, metrics, trace_path)
+    metrics = metrics_of(planned.name, result, (*prior, *records), exp.cluster, always, session=records)
+    return SchedulerRun(planned.name, result, records, metrics, trace_path)
 
 
 def always_accuracy(workload: Workload, responses: Responses) -> float | None:
@@ -140,9 +179,16 @@ def always_accuracy(workload: Workload, responses: Responses) -> float | None:
 
 
 def metrics_of(
-    name: str, result: RunResult, records: Sequence[Record], cluster: Cluster, accuracy_always: float | None = None
+    name: str,
+    result: RunResult,
+    records: Sequence[Record],
+    cluster: Cluster,
+    accuracy_always: float | None = None,
+    session: Sequence[Record] | None = None,
 ) -> RunMetrics:
-    """Metrics of one finished run (``accuracy_always``: the always-aggregate accuracy, for the pp delta)."""
+    """Metrics of one finished run (``accuracy_always``: the always-aggregate accuracy, for the pp delta).
+    ``records``: the whole trace; ``session``: those on ``result``'s clock (a resumed run's new records; default:
+    all), which the worker usage is measured on."""
     ex, agg = result.expert, result.aggregation
     aggregated, skip_rate, accuracy = aggregation_summary(records)
     plan = result.expert_plan
@@ -158,20 +204,24 @@ def metrics_of(
         aggregated=aggregated,
         skip_rate=skip_rate,
         accuracy=accuracy,
-        workers=worker_usage(records, cluster.ids, EXPERT_STAGE, ex.start, ex.end),
+        workers=worker_usage(records if session is None else session, cluster.ids, EXPERT_STAGE, ex.start, ex.end),
         stats=dict(plan.stats),
         accuracy_always=accuracy_always,
     )
 
 
 def compare(
-    exp: Experiment, schedulers: Sequence[str], out_dir: Path | None, progress: ProgressFn | None = None
+    exp: Experiment,
+    schedulers: Sequence[str | PlannedRun],
+    out_dir: Path | None,
+    progress: ProgressFn | None = None,
 ) -> list[SchedulerRun]:
-    """Run each scheduler on the same experiment; traces go to ``out_dir/<name>.trace.jsonl``."""
+    """Run each scheduler (a name, or planned by :func:`plan_scheduler`) on the same experiment; traces go to
+    ``out_dir/<name>.trace.jsonl``."""
     runs = []
-    for name in schedulers:
+    for item in schedulers:
+        name = item.name if isinstance(item, PlannedRun) else item
         if progress:
             progress(name)
-        path = out_dir / f"{name}.trace.jsonl" if out_dir else None
-        runs.append(run_scheduler(exp, name, path))
+        runs.append(run_scheduler(exp, item, out_dir / f"{name}.trace.jsonl" if out_dir else None))
     return runs

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,33 @@ def run_dir(cfg: RunConfig, command: str, stamp: str, out: str | None) -> Path:
     return Path(cfg.out_dir) / f"{cfg.name}__{command}__seed{cfg.seed}__{stamp}"
 
 
+STATUS_FILE = "status.json"  # {"status": "running" | "finished" | "failed", "command", "started", "ended", "error"}
+
+
+def _write_status(out_dir: Path, status: str, command: str, started: float, error: str | None = None) -> None:
+    info = {"status": status, "command": command, "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(started))}
+    if status != "running":
+        info["ended"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    if error is not None:
+        info["error"] = error
+    (out_dir / STATUS_FILE).write_text(json.dumps(info, indent=1) + "\n", encoding="utf-8")
+
+
+@contextmanager
+def run_status(out_dir: Path, command: str) -> Iterator[Path]:
+    """Create ``out_dir`` and mark it ``running`` while the block runs, then ``finished``, or ``failed`` with the
+    error (which is raised on). A killed process leaves ``running``: never a folder that looks finished."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    started = time.time()
+    _write_status(out_dir, "running", command, started)
+    try:
+        yield out_dir
+    except BaseException as err:
+        _write_status(out_dir, "failed", command, started, f"{type(err).__name__}: {err}")
+        raise
+    _write_status(out_dir, "finished", command, started)
+
+
 def write_report(
     cfg: RunConfig,
     runs: Sequence,  # SchedulerRun (mosaic.pipeline)
@@ -60,7 +89,7 @@ def write_report(
     workers = sorted({w for r in runs for w in r.metrics.workers})
     gantt = plot_gantt({r.name: r.records for r in runs}, workers, out_dir / "gantt.png", title)
     wandb_dir = _track(cfg, runs, out_dir, title, gantt)
-    console.print(f"results: {out_dir}  (table.txt, metrics.json, gantt.png, traces)")
+    console.print(f"results: {out_dir}  (table.txt, metrics.json, gantt.png, traces, {STATUS_FILE})")
     if wandb_dir:
         console.print(f"W&B ({cfg.tracking.mode}): {wandb_dir}")
     return ReportFiles(out_dir, table_path, metrics_path, gantt, wandb_dir)

@@ -1,4 +1,4 @@
-"""Subcommands for real engines: ``mosaic profile``, ``mosaic models make-tiny|smollm2`` and ``mosaic resume``.
+"""Subcommands for real engines: ``mosaic profile`` and ``mosaic models make-tiny|smollm2``.
 
 ``mosaic.cli`` imports this module (when it exists) and calls :func:`register_cli`; importing it also registers
 the ``vllm`` and ``ray`` backends (neither imports vLLM or Ray until it runs).
@@ -12,7 +12,6 @@ from typing import Any
 
 import mosaic.runtime.ray_backend
 import mosaic.runtime.vllm_backend  # noqa: F401  (registers 'vllm')
-from mosaic.core.errors import ConfigError
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -125,73 +124,10 @@ def _add_models(sub: Any) -> None:
     s.set_defaults(func=cmd_smollm2)
 
 
-# --- resume --------------------------------------------------------------------------------------------------------
-
-
-def resume_run(cfg: Any, trace_path: str | Path, scheduler: str) -> Any:
-    """Finish the run whose trace is ``trace_path``: same config, seed and scheduler (so the same plan); requests
-    with a record in the trace are not run again; new records are appended to the same trace."""
-    import numpy as np
-
-    from mosaic.agents import make_scheduler
-    from mosaic.core.trace import TraceWriter
-    from mosaic.pipeline import SchedulerRun, _policy, metrics_of, prepare
-    from mosaic.runtime.executor import Executor
-    from mosaic.runtime.ray_backend import RayBackend
-    from mosaic.runtime.vllm_backend import VllmBackend, done_records
-
-    path = Path(trace_path)
-    if not path.is_file():
-        raise ConfigError(f"--resume: trace {path} does not exist")
-    kind = cfg.runtime.backend
-    if kind not in ("vllm", "ray"):
-        raise ConfigError(f"--resume needs a real backend (vllm or ray), got runtime.backend={kind!r}")
-    exp = prepare(cfg)
-    done = done_records(path)
-    cls = RayBackend if kind == "ray" else VllmBackend
-    backend = cls(None, cfg, seed=cfg.seed, done=done)
-    rng = np.random.default_rng(exp.seed_seq.spawn(2)[1])
-    meta = {"scheduler": scheduler, "workload": exp.workload.name, "seed": cfg.seed, "backend": kind,
-            "resumed_from_records": len(done)}  # fmt: skip
-    try:
-        with TraceWriter(path, meta=meta) as trace:
-            result = Executor(backend, _policy(cfg)).run(
-                exp.workload, make_scheduler(scheduler), exp.costs, exp.cluster, rng, trace
-            )
-            records = tuple(trace.records)
-    finally:
-        backend.close()
-    return SchedulerRun(scheduler, result, records, metrics_of(scheduler, result, records, exp.cluster), path)
-
-
-def cmd_resume(args: argparse.Namespace) -> int:
-    from mosaic.cli import _config
-
-    cfg = _config(args)
-    run = resume_run(cfg, args.trace, args.scheduler or cfg.scheduler)
-    m = run.metrics
-    _print(
-        f"resumed [bold]{run.name}[/bold]: {len(run.records)} new records in {args.trace}; expert makespan "
-        f"{m.expert_makespan:.2f} s, end-to-end {m.end_to_end:.2f} s (this session's clock)"
-    )
-    return 0
-
-
-def _add_resume(sub: Any) -> None:
-    from mosaic.cli import _common
-
-    p = sub.add_parser("resume", help="finish a real-engine run from its trace without redoing finished requests")
-    _common(p)
-    p.add_argument("--trace", required=True, help="the interrupted run's trace (records are appended to it)")
-    p.add_argument("--scheduler", help="scheduler of the interrupted run (default: the config's)")
-    p.set_defaults(func=cmd_resume)
-
-
 def register_cli(sub: Any) -> None:
-    """Add ``profile``, ``models`` and ``resume`` to the ``mosaic`` command."""
+    """Add ``profile`` and ``models`` to the ``mosaic`` command."""
     _add_profile(sub)
     _add_models(sub)
-    _add_resume(sub)
 
 
-__all__ = ["register_cli", "resume_run"]
+__all__ = ["register_cli"]

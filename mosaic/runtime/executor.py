@@ -90,9 +90,12 @@ class Executor:
         cluster: Cluster,
         rng: np.random.Generator,
         trace: TraceWriter,
+        plan: Plan | None = None,
     ) -> RunResult:
-        """Both stages of ``workload``; every request, load and decision is written to ``trace``."""
-        plan = scheduler.plan(workload, costs.bind(workload), cluster, rng)
+        """Both stages of ``workload``; every request, load and decision is written to ``trace``. ``plan``: the
+        expert stage's plan when the caller made it already (with ``scheduler`` and the same ``rng``)."""
+        if plan is None:
+            plan = scheduler.plan(workload, costs.bind(workload), cluster, rng)
         plan.validate(workload, cluster)
         stage1 = self.backend.run_stage(EXPERT_STAGE, plan, workload, cluster, trace)
         votes = self.votes(workload, stage1.responses)

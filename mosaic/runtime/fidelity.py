@@ -160,12 +160,12 @@ def fidelity_of_runs(exp: Any, runs: Sequence[Any], unload: Mapping[str, float] 
     With ``unload`` and ``pure_costs`` (a profile without teardown, :func:`~mosaic.runtime.profiler.split_unload`),
     also the no-teardown simulation plus analytic teardown (:func:`compare`). ``sim_records``, when given, receives
     each run's simulated records (scheduler name -> records)."""
-    from mosaic.pipeline import _policy
+    from mosaic.pipeline import aggregation_policy
 
     out = []
     for run in runs:
         args = (run.result, run.records, exp.workload)
-        tail = (exp.cluster, _policy(exp), exp.cfg.runtime.max_batch)
+        tail = (exp.cluster, aggregation_policy(exp), exp.cfg.runtime.max_batch)
         trace = TraceWriter(None)
         sim = simulate_run(*args, exp.costs, *tail, trace)
         if sim_records is not None:

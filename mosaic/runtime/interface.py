@@ -6,7 +6,8 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from mosaic.core.trace import TraceWriter
+from mosaic.core.errors import ConfigError
+from mosaic.core.trace import RequestRecord, TraceWriter
 from mosaic.core.types import Cluster, Plan, Responses, Workload
 
 
@@ -32,6 +33,7 @@ class Backend(ABC):
     """Runs a stage of a plan on workers (simulated or real engines) and writes every record."""
 
     name: str = "base"
+    resumable: bool = False  # True when :meth:`resume_from` can finish an interrupted run
 
     @abstractmethod
     def run_stage(
@@ -46,6 +48,11 @@ class Backend(ABC):
     ) -> StageResult:
         """Run every request of ``plan`` (all workers start at ``start``, with ``resident`` loaded),
         append a LoadRecord per load and a RequestRecord per request to ``trace``."""
+
+    def resume_from(self, done: Mapping[tuple[str, int], RequestRecord]) -> None:
+        """Finish an interrupted run: the requests of ``done`` ((stage, request id) -> the record an earlier run
+        wrote) are not run again; their responses are restored from the records."""
+        raise ConfigError(f"backend {self.name!r} cannot resume an interrupted run")
 
     def close(self) -> None:
         """Release engines and processes (nothing to release by default)."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from mosaic.core.errors import MosaicError
-from mosaic.core.trace import AGGREGATION_STAGE, LoadRecord, RequestRecord, TraceWriter
+from mosaic.core.trace import AGGREGATION_STAGE, LoadRecord, RequestRecord, TraceWriter, finished_requests, read_trace
 from mosaic.core.types import Cluster, Plan, Query, Response, Responses, Workload
 from mosaic.runtime.answers import extract_choice, extract_number, normalize_number
 from mosaic.runtime.engine_spec import ModelSpec, check_local_paths, resolve_models
@@ -195,6 +195,7 @@ class VllmBackend(Backend):
     """
 
     name = "vllm"
+    resumable = True
 
     def __init__(
         self,
@@ -223,6 +224,9 @@ class VllmBackend(Backend):
         self.loaded: dict[int, str | None] = {}  # worker id -> expert its engine holds now
         self.texts: dict[tuple[int, str], str] = {}  # (query id, expert) -> response text (for the aggregator)
         self.routes: dict[int, tuple[str, ...]] = {}  # query id -> experts of the expert stage
+
+    def resume_from(self, done: Mapping[tuple[str, int], RequestRecord]) -> None:
+        self.done = dict(done)
 
     # ----------------------------------------------------------------- workers
     def start_worker(self, worker_id: int, index: int, n: int) -> Any:
@@ -409,9 +413,7 @@ class VllmBackend(Backend):
 
 def done_records(path: str | Path) -> dict[tuple[str, int], RequestRecord]:
     """(stage, request id) -> finished request record of a trace (the last one wins)."""
-    from mosaic.core.trace import read_trace
-
-    return {(r.stage, r.request_id): r for r in read_trace(path) if isinstance(r, RequestRecord)}
+    return finished_requests(read_trace(path))
 
 
 def backend_from_config(cls: type[VllmBackend], cfg: Any) -> VllmBackend:
