@@ -194,7 +194,7 @@ def numbered_jsonl(path: str | Path) -> Iterator[tuple[int, dict]]:
     with a :class:`TornLineWarning` (an error under ``warnings.simplefilter("error", TornLineWarning)``)."""
     p = Path(path)
     try:
-        lines = p.read_text(encoding="utf-8").splitlines()
+        lines = p.read_text(encoding="utf-8").split("\n")  # not splitlines: JSON strings may hold U+2028 etc.
     except (OSError, UnicodeDecodeError) as err:
         raise TraceError(f"cannot read {p}: {err}") from None
     last = max((i for i, line in enumerate(lines) if line.strip()), default=-1)

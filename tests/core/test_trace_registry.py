@@ -66,6 +66,12 @@ def test_a_bad_line_before_the_last_is_an_error_naming_file_and_line(tmp_path):
         list(read_trace(path))
 
 
+def test_line_separators_inside_json_strings_do_not_split_a_line(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"text": "a\u2028b\x1cc\x0cd"}, ensure_ascii=False) + "\r\n{}\n", encoding="utf-8")
+    assert list(read_jsonl(path)) == [{"text": "a\u2028b\x1cc\x0cd"}, {}]
+
+
 def test_resume_cuts_the_torn_line_and_writes_each_request_once(tmp_path):
     path = _torn_trace(tmp_path)
     again = RequestRecord("expert", 0, 0, "b", 0, 5.0, 6.0, 10, 5)  # finished before: not written again
