@@ -1,7 +1,10 @@
 """Simulated requests per second on the MedMCQA-sized paper workload (about 12.5k requests).
 
 Runs the expert stage of a plan through the discrete-event simulator, trace kept in memory, best of
-``--repeat``; then the same with the JSONL trace written to disk. Target: >= 100k requests/s.
+``--repeat``; then the same with the JSONL trace written to disk. Target: >= 100k requests/s (150k through the
+runtime loop). Then the runtime loop's cost against the bare engines in the same process: the plan replayed by the
+loop (``SimBackend.run_stage``), and replayed in lockstep with a policy that hears every idle event, each as a
+ratio to running each worker's :class:`WorkerSim` on its plan order directly (target: replay <= 1.25x).
 
     python benchmarks/bench_sim.py [--scheduler round-robin] [--repeat 5]
 """
@@ -18,6 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mosaic.agents import make_scheduler
+from mosaic.agents.policy import IDLE, PlanReplay
 from mosaic.core.config import load_config
 from mosaic.core.trace import EXPERT_STAGE, TraceWriter
 from mosaic.pipeline import prepare
@@ -33,6 +37,46 @@ def _time_stage(exp, plan, path: Path | None) -> float:
     with TraceWriter(path) as trace:
         backend.run_stage(EXPERT_STAGE, plan, exp.workload, exp.cluster, trace)
     return time.perf_counter() - t0
+
+
+class ListeningReplay(PlanReplay):
+    """The plan, replayed by a policy that asks to hear every idle worker (the loop then runs in lockstep)."""
+
+    events = frozenset({IDLE})
+
+
+def _time_direct(exp, plan) -> float:
+    """Each worker's WorkerSim on its plan order, nothing else (the engines alone)."""
+    backend = BACKENDS.get("sim")(exp.cfg, exp.responses, exp.costs)
+    t0 = time.perf_counter()
+    with TraceWriter(None) as trace:
+        for w in exp.cluster.workers:
+            sim = backend.make_worker(w, EXPERT_STAGE, 0.0, None, trace.write)
+            sim.enqueue(backend.sim_requests(exp.workload, plan.order.get(w.id, ())))
+            sim.run_until_idle()
+    return time.perf_counter() - t0
+
+
+def _time_policy(exp, policy) -> float:
+    backend = BACKENDS.get("sim")(exp.cfg, exp.responses, exp.costs)
+    t0 = time.perf_counter()
+    with TraceWriter(None) as trace:
+        backend.run_policy(EXPERT_STAGE, policy, exp.workload, exp.costs, exp.cluster, trace)
+    return time.perf_counter() - t0
+
+
+def loop_table(exp, plan, repeat: int, name: str) -> Table:
+    """The loop's cost as ratios to the bare engines, best of ``repeat`` each."""
+    n = len(exp.workload.requests)
+    direct = min(_time_direct(exp, plan) for _ in range(repeat))
+    replay = min(_time_policy(exp, PlanReplay(plan)) for _ in range(repeat))
+    lockstep = min(_time_policy(exp, ListeningReplay(plan)) for _ in range(repeat))
+    rows = (("engines alone (baseline)", direct), ("loop: plan replay", replay), ("loop: lockstep", lockstep))
+    title = f"runtime loop cost, {exp.workload.name}, {name}"
+    table = Table("mode", "seconds", "requests/s", "x baseline", title=title)
+    for mode, t in rows:
+        table.add_row(mode, f"{t:.4f}", f"{n / t:,.0f}", f"{t / direct:.2f}")
+    return table
 
 
 def main() -> None:
@@ -51,6 +95,7 @@ def main() -> None:
     for mode, t in (("trace in memory", mem), ("trace to JSONL", disk)):
         table.add_row(mode, f"{n:,}", f"{t:.4f}", f"{n / t:,.0f}", f"{n / t / TARGET:.2f}")
     Console().print(table)
+    Console().print(loop_table(exp, plan, args.repeat, args.scheduler))
 
 
 if __name__ == "__main__":

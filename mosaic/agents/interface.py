@@ -1,4 +1,4 @@
-"""The Scheduler interface: workload + costs + cluster -> Plan."""
+"""The Scheduler interface: workload + costs + cluster -> Plan, and the runtime policy that runs it."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from mosaic.agents.policy import PlanReplay, Policy
 from mosaic.core.types import Cluster, Plan, Workload
 from mosaic.predictors.interface import CostModel
 
@@ -26,3 +27,8 @@ class Scheduler(ABC):
         resident: Mapping[int, str | None] | None = None,
     ) -> Plan:
         """A plan for every request of ``workload``. ``resident``: expert already loaded per worker."""
+
+    def runtime_policy(self, plan: Plan) -> Policy:
+        """How the runtime loop runs ``plan`` (this scheduler's plan of the stage): replayed as is by default;
+        schedulers that correct their plan at run time return a policy that acts at events."""
+        return PlanReplay(plan)

@@ -97,7 +97,8 @@ class Executor:
         if plan is None:
             plan = scheduler.plan(workload, costs.bind(workload), cluster, rng)
         plan.validate(workload, cluster)
-        stage1 = self.backend.run_stage(EXPERT_STAGE, plan, workload, cluster, trace)
+        stage1 = self.backend.run_policy(EXPERT_STAGE, scheduler.runtime_policy(plan), workload, costs.bind(workload),
+                                         cluster, trace)  # fmt: skip
         votes = self.votes(workload, stage1.responses)
         for q, v in zip(workload.queries, votes, strict=True):
             if v.skip:
@@ -106,7 +107,8 @@ class Executor:
         if agg.requests:
             plan2 = scheduler.plan(agg, costs.bind(agg), cluster, rng, resident=stage1.resident)
             plan2.validate(agg, cluster)
-            stage2 = self.backend.run_stage(AGGREGATION_STAGE, plan2, agg, cluster, trace, stage1.end, stage1.resident)
+            stage2 = self.backend.run_policy(AGGREGATION_STAGE, scheduler.runtime_policy(plan2), agg, costs.bind(agg),
+                                             cluster, trace, stage1.end, stage1.resident)  # fmt: skip
         else:
             plan2, stage2 = empty_plan(scheduler.name), empty_stage(AGGREGATION_STAGE, cluster, stage1)
         decisions = []

@@ -6,9 +6,11 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from mosaic.agents.policy import PlanReplay, Policy
 from mosaic.core.errors import ConfigError
 from mosaic.core.trace import RequestRecord, TraceWriter
 from mosaic.core.types import Cluster, Plan, Responses, Workload
+from mosaic.predictors.interface import CostModel
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,6 +36,7 @@ class Backend(ABC):
 
     name: str = "base"
     resumable: bool = False  # True when :meth:`resume_from` can finish an interrupted run
+    runs_policies: bool = False  # True when :meth:`run_policy` runs policies that act at events (not only plans)
 
     @abstractmethod
     def run_stage(
@@ -48,6 +51,24 @@ class Backend(ABC):
     ) -> StageResult:
         """Run every request of ``plan`` (all workers start at ``start``, with ``resident`` loaded),
         append a LoadRecord per load and a RequestRecord per request to ``trace``."""
+
+    def run_policy(
+        self,
+        stage: str,
+        policy: Policy,
+        workload: Workload,
+        costs: CostModel,
+        cluster: Cluster,
+        trace: TraceWriter,
+        start: float = 0.0,
+        resident: Mapping[int, str | None] | None = None,
+    ) -> StageResult:
+        """Run the stage under ``policy``, which acts at the runtime loop's events (``costs``: the predicted costs it
+        sees). By default a backend replays static plans only."""
+        if isinstance(policy, PlanReplay):
+            return self.run_stage(stage, policy.plan, workload, cluster, trace, start, resident)
+        raise ConfigError(f"backend {self.name!r} runs static plans only; policy {policy.name!r} acts at run time "
+                          f"(run it on the sim backend)")  # fmt: skip
 
     def resume_from(self, done: Mapping[tuple[str, int], RequestRecord]) -> None:
         """Finish an interrupted run: the requests of ``done`` ((stage, request id) -> the record an earlier run

@@ -1,8 +1,9 @@
 """The discrete-event simulator backend: replays true output lengths through simulated continuous-batching workers.
 
-Timing semantics live in :mod:`mosaic.runtime.sim_worker` (one :class:`WorkerSim` per GPU). A static plan makes
-the workers of a stage independent, so :class:`SimBackend` runs them one after another; the trace therefore holds
-each worker's records together (time-ordered within a worker). Registered as ``'sim'`` in ``BACKENDS``.
+Timing semantics live in :mod:`mosaic.runtime.sim_worker` (one :class:`WorkerSim` per GPU); stages run on the
+runtime loop (:mod:`mosaic.runtime.loop`) under a policy. A static plan makes the workers of a stage independent,
+so the loop runs them one after another; the trace then holds each worker's records together (time-ordered within
+a worker). Registered as ``'sim'`` in ``BACKENDS``.
 """
 
 from __future__ import annotations
@@ -11,11 +12,13 @@ from collections.abc import Callable, Mapping
 from dataclasses import replace
 from typing import Any
 
+from mosaic.agents.policy import PlanReplay, Policy
 from mosaic.core.errors import ConfigError, PlanError, WorkloadError
 from mosaic.core.trace import TraceWriter
 from mosaic.core.types import Cluster, Plan, Response, Responses, Worker, Workload
 from mosaic.predictors.interface import CostModel, ModelCost
 from mosaic.runtime.interface import Backend, StageResult
+from mosaic.runtime.loop import SimLoop
 from mosaic.runtime.registry import BACKENDS
 from mosaic.runtime.sim_worker import SimRequest, WorkerSim
 
@@ -27,6 +30,7 @@ class SimBackend(Backend):
     """
 
     name = "sim"
+    runs_policies = True
 
     def __init__(self, responses: Responses, costs: CostModel, max_batch: int | None = None) -> None:
         if max_batch is not None and max_batch < 1:
@@ -99,16 +103,21 @@ class SimBackend(Backend):
     ) -> StageResult:
         """Simulate every worker of ``plan`` from ``start`` with ``resident`` loaded; records go to ``trace``."""
         plan.require_workers(cluster)
-        resident = resident or {}
-        seen: dict[tuple[int, str], Response] = {}
-        ends, res, busy, loading = {}, {}, {}, {}
-        for w in cluster.workers:
-            sim = self.make_worker(w, stage, start, resident.get(w.id), trace.write)
-            sim.enqueue(self.sim_requests(workload, plan.order.get(w.id, ()), seen))
-            ends[w.id] = sim.run_until_idle()
-            res[w.id], busy[w.id], loading[w.id] = sim.resident, sim.busy_s, sim.loading_s
-        end = max(ends.values(), default=start)
-        return StageResult(stage, start, end, ends, res, Responses(seen), busy, loading)
+        return self.run_policy(stage, PlanReplay(plan), workload, self.costs, cluster, trace, start, resident)
+
+    def run_policy(
+        self,
+        stage: str,
+        policy: Policy,
+        workload: Workload,
+        costs: CostModel,
+        cluster: Cluster,
+        trace: TraceWriter,
+        start: float = 0.0,
+        resident: Mapping[int, str | None] | None = None,
+    ) -> StageResult:
+        """Simulate the stage under ``policy`` on the runtime loop (:class:`~mosaic.runtime.loop.SimLoop`)."""
+        return SimLoop(self, stage, workload, costs, cluster, trace, start, resident).run(policy)
 
 
 def make_sim_backend(cfg: Any, responses: Responses, costs: CostModel) -> SimBackend:

@@ -174,6 +174,17 @@ class WorkerSim:
         """Seconds since ``start`` neither serving nor loading, up to :attr:`clock`."""
         return max(self.clock - self.start - self.busy_s - self.loading_s, 0.0)
 
+    @property
+    def head(self) -> SimRequest | None:
+        """The next queued request (None when nothing is queued)."""
+        return self._queue[0] if self._queue else None
+
+    @property
+    def loading(self) -> str | None:
+        """The expert whose load is under way (the batch drained, the head needs another expert), else None."""
+        head = self._queue[0] if self._queue and not self._heap else None
+        return head.expert if head is not None and head.expert != self.resident else None
+
     def pending(self) -> tuple[SimRequest, ...]:
         """Queued requests not yet admitted, in execution order."""
         return tuple(self._queue)

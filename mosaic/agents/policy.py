@@ -1,0 +1,131 @@
+"""The decision interface: a :class:`Policy` acts at the runtime loop's events on a read-only :class:`View`.
+
+The loop (:mod:`mosaic.runtime.loop`) owns the clock and the engines; a policy only answers, at each event it asked
+for, with :data:`Action` s: hand requests to a worker (:class:`Dispatch`) or move requests a worker has not started
+to another (:class:`Steal`). A static plan is one policy (:class:`PlanReplay`: everything dispatched at the start,
+nothing afterwards); :class:`WorkStealing` is a plan that reacts when a worker runs out of work.
+
+A policy in a few lines (dispatch every request, in id order, to the worker with the fewest queued)::
+
+    class FewestQueued(Policy):
+        name = "fewest-queued"
+
+        def decide(self, view, event):
+            ids = [w.id for w in view.cluster.workers]
+            return [Dispatch(min(ids, key=lambda w: len(view.queued(w))), (r,)) for r in view.waiting()]
+
+Every request must end up dispatched: the loop raises when it is idle with requests no worker holds.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import ClassVar
+
+from mosaic.core.types import Cluster, Plan, Workload
+from mosaic.predictors.interface import CostModel
+
+START, IDLE = "start", "idle"  # event kinds: the stage begins; a worker has nothing queued or running
+EVENT_KINDS = (START, IDLE)
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """What happened: ``kind`` (:data:`EVENT_KINDS`) at ``time``, on ``worker`` (None for ``start``)."""
+
+    kind: str
+    time: float
+    worker: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dispatch:
+    """Append ``request_ids`` (waiting ones: no worker holds them) to ``worker``'s queue, in this order."""
+
+    worker: int
+    request_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Steal:
+    """Move ``request_ids``, queued on ``source`` and not started, to the end of ``target``'s queue, in this order.
+    The head of ``source``'s queue cannot be stolen (its admission or model load may be under way)."""
+
+    source: int
+    target: int
+    request_ids: tuple[int, ...]
+
+
+Action = Dispatch | Steal
+
+
+class View(ABC):
+    """The loop's state as a policy may read it (the runtime implements it; nothing here changes it)."""
+
+    workload: Workload  # the stage's requests
+    costs: CostModel  # predicted costs, bound to ``workload``
+    cluster: Cluster
+
+    @property
+    @abstractmethod
+    def clock(self) -> float:
+        """Seconds on the run's clock now."""
+
+    @abstractmethod
+    def waiting(self) -> tuple[int, ...]:
+        """Requests no worker holds yet, in request order."""
+
+    @abstractmethod
+    def queued(self, worker: int) -> tuple[int, ...]:
+        """Requests queued on ``worker`` and not started, in execution order."""
+
+    @abstractmethod
+    def running(self, worker: int) -> tuple[int, ...]:
+        """Requests in ``worker``'s batch now."""
+
+    @abstractmethod
+    def resident(self, worker: int) -> str | None:
+        """The expert loaded on ``worker`` now (None: nothing)."""
+
+    @abstractmethod
+    def loading(self, worker: int) -> tuple[str, float] | None:
+        """(expert, when its load ends) while ``worker`` is swapping to another expert, else None."""
+
+    @abstractmethod
+    def finished(self) -> Mapping[int, float]:
+        """Request id -> when it finished, for every finished request."""
+
+
+class Policy(ABC):
+    """Decides at the loop's events. ``events``: the kinds it wants to hear about besides ``start``; a policy that
+    wants none acts only at the start, which lets the loop run the engines without stopping."""
+
+    name: str = "base"
+    events: ClassVar[frozenset[str]] = frozenset()
+
+    @abstractmethod
+    def decide(self, view: View, event: Event) -> Sequence[Action]:
+        """The actions to apply now (none: carry on)."""
+
+
+def plan_dispatches(plan: Plan) -> list[Action]:
+    """Every worker's requests of ``plan``, in plan order."""
+    return [Dispatch(w, tuple(ids)) for w, ids in plan.order.items() if ids]
+
+
+class PlanReplay(Policy):
+    """A static plan: every worker gets its requests in plan order at the start; nothing is decided later."""
+
+    name = "plan"
+
+    def __init__(self, plan: Plan) -> None:
+        self.plan = plan
+
+    def decide(self, view: View, event: Event) -> Sequence[Action]:
+        return plan_dispatches(self.plan) if event.kind == START else []
+
+
+__all__ = ["EVENT_KINDS", "IDLE", "START", "Action", "Dispatch", "Event", "PlanReplay", "Policy", "Steal", "View",
+           "plan_dispatches"]  # fmt: skip
