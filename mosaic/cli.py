@@ -80,8 +80,7 @@ def _execute(args: argparse.Namespace, schedulers: list[str], command: str, resu
         for n in schedulers:
             status.update(f"planning {n}")
             planned.append(plan_scheduler(exp, n, policy))
-    if trace is not None:
-        make_backend(exp, resume=True).close()
+    make_backend(exp, trace is not None, planned).close()  # one that can do what is asked, before anything is written
     out_dir = trace.parent if trace is not None else run_dir(cfg, command, time.strftime("%Y%m%d-%H%M%S"), args.out)
     with run_status(out_dir, command), console.status("") as status:
         if trace is not None:

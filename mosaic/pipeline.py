@@ -14,6 +14,7 @@ import numpy as np
 
 from mosaic.agents import Scheduler, make_scheduler
 from mosaic.agents.bounds import latency_array
+from mosaic.agents.policy import PlanReplay
 from mosaic.agents.thresholds import make_aggregation_policy
 from mosaic.core.config import RunConfig
 from mosaic.core.errors import ConfigError, RegistryError
@@ -21,7 +22,14 @@ from mosaic.core.trace import EXPERT_STAGE, Record, TraceWriter, finished_reques
 from mosaic.core.types import Cluster, Plan, Query, Responses, Workload
 from mosaic.predictors.factory import build_cost_model
 from mosaic.predictors.interface import CostModel
-from mosaic.report.metrics import RunMetrics, aggregation_summary, count_loads, worker_usage
+from mosaic.report.metrics import (
+    RunMetrics,
+    aggregation_summary,
+    count_loads,
+    latency_summary,
+    query_latencies,
+    worker_usage,
+)
 from mosaic.runtime.aggregation import AggregationPolicy
 from mosaic.runtime.executor import Executor, RunResult, aggregation_workload
 from mosaic.runtime.interface import Backend
@@ -137,12 +145,18 @@ def plan_scheduler(exp: Experiment, name: str, policy: AggregationPolicy | None 
     return PlannedRun(name, scheduler, plan, rng, policy)
 
 
-def make_backend(exp: Experiment, resume: bool = False) -> Backend:
-    """The configured backend (``resume``: one that can finish an interrupted run, else a :class:`ConfigError`)."""
+def make_backend(exp: Experiment, resume: bool = False, planned: Sequence[PlannedRun] = ()) -> Backend:
+    """The configured backend; a :class:`ConfigError` when it cannot do what is asked: finish an interrupted run
+    (``resume``), or run the runtime policies of ``planned`` (a backend without the runtime loop replays plans)."""
     backend = BACKENDS.get(exp.cfg.runtime.backend)(exp.cfg, exp.responses, exp.costs)
+    dynamic = [p.name for p in planned if not isinstance(p.scheduler.runtime_policy(p.plan), PlanReplay)]
     if resume and not backend.resumable:
         backend.close()
         raise ConfigError(f"resume needs a real backend (vllm or ray), got runtime.backend={backend.name!r}")
+    if dynamic and not backend.runs_policies:
+        backend.close()
+        raise ConfigError(f"scheduler(s) {dynamic} act at run time, which backend {backend.name!r} cannot do yet "
+                          "(it replays static plans): run them on the sim backend")  # fmt: skip
     return backend
 
 
@@ -167,7 +181,8 @@ def run_scheduler(
         backend.close()
     # the always-aggregate accuracy is known only where the responses are what the backend replays (the simulator)
     always = always_accuracy(exp.workload, exp.responses) if cfg.runtime.backend == "sim" else None
-    metrics = metrics_of(planned.name, result, (*prior, *records), exp.cluster, always, session=records)
+    arrivals = None if resume else [q.arrival for q in exp.workload.queries]  # a resumed run spans two clocks
+    metrics = metrics_of(planned.name, result, (*prior, *records), exp.cluster, always, records, arrivals)
     return SchedulerRun(planned.name, result, records, metrics, trace_path)
 
 
@@ -185,10 +200,11 @@ def metrics_of(
     cluster: Cluster,
     accuracy_always: float | None = None,
     session: Sequence[Record] | None = None,
+    arrivals: Sequence[float] | None = None,
 ) -> RunMetrics:
     """Metrics of one finished run (``accuracy_always``: the always-aggregate accuracy, for the pp delta).
     ``records``: the whole trace; ``session``: those on ``result``'s clock (a resumed run's new records; default:
-    all), which the worker usage is measured on."""
+    all), which the worker usage is measured on; ``arrivals``: each query's arrival, for per-query latencies."""
     ex, agg = result.expert, result.aggregation
     aggregated, skip_rate, accuracy = aggregation_summary(records)
     plan = result.expert_plan
@@ -207,6 +223,7 @@ def metrics_of(
         workers=worker_usage(records if session is None else session, cluster.ids, EXPERT_STAGE, ex.start, ex.end),
         stats=dict(plan.stats),
         accuracy_always=accuracy_always,
+        latency=latency_summary(query_latencies(records, arrivals)) if arrivals is not None else {},
     )
 
 

@@ -21,6 +21,7 @@ from mosaic.agents.registry import SCHEDULERS, make_scheduler
 from mosaic.agents.rl import RLRescheduleScheduler, load_agent, rl_threshold_policy  # torch/SB3 imported lazily
 from mosaic.agents.round_robin import RoundRobinScheduler
 from mosaic.agents.sequential import SequentialScheduler
+from mosaic.agents.stealing import StealingScheduler, WorkStealing
 
 __all__ = [
     "SCHEDULERS",
@@ -33,6 +34,8 @@ __all__ = [
     "RoundRobinScheduler",
     "Scheduler",
     "SequentialScheduler",
+    "StealingScheduler",
+    "WorkStealing",
     "bound_terms",
     "greedy_lpt_order",
     "load_agent",

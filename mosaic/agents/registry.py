@@ -15,7 +15,10 @@ AGGREGATION_POLICIES: Registry[Any] = Registry("aggregation policy")
 
 def scheduler_options(cls: type) -> set[str]:
     """Keyword options a scheduler class accepts (following ``**kwargs`` its ``__init__`` forwards to a base
-    class)."""
+    class; a scheduler that ``wraps`` another takes that one's options)."""
+    wrapped = getattr(cls, "wraps", None)
+    if isinstance(wrapped, type):
+        return scheduler_options(wrapped)
     names: set[str] = set()
     for klass in cls.__mro__[:-1]:  # object.__init__ takes nothing
         init = klass.__dict__.get("__init__")

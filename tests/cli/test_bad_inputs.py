@@ -106,7 +106,7 @@ def test_a_run_that_fails_after_it_started_is_marked_failed(tmp_path, capsys, mo
     def broken(self, stage, *args, **kwargs):
         raise MosaicError(f"engine lost during the {stage} stage")
 
-    monkeypatch.setattr(SimBackend, "run_stage", broken)
+    monkeypatch.setattr(SimBackend, "run_policy", broken)
     rc, out = _run(tmp_path)
     status = json.loads((out / "status.json").read_text())
     assert rc == 2 and status["status"] == "failed" and "engine lost during the expert stage" in status["error"]
@@ -126,3 +126,10 @@ def test_an_invalid_config_field_is_one_error_and_writes_nothing(tmp_path, capsy
     bad.write_text(yaml.safe_dump({"cluster": {"workers": 0}}))
     assert cli.main(["run", str(bad), "--out", str(tmp_path / "x")]) == 2
     assert "cluster.workers" in _say(capsys) and not (tmp_path / "x").exists()
+
+
+def test_a_run_time_policy_on_a_backend_that_only_replays_plans_is_refused_first(tmp_path, capsys):
+    rc, out = _run(tmp_path, "--scheduler", "greedy-lpt+steal", "--backend", "vllm")
+    said = _say(capsys)
+    assert rc == 2 and "['greedy-lpt+steal'] act at run time" in said and "backend 'vllm'" in said
+    assert not out.exists()
