@@ -38,6 +38,7 @@ class RunMetrics:
     workers: Mapping[int, WorkerUsage] = field(default_factory=dict)  # worker id -> expert-stage usage
     accuracy_always: float | None = None  # accuracy had every query gone to the aggregator (when known)
     stats: Mapping[str, float | int | str] = field(default_factory=dict)  # the scheduler's own figures
+    latency: Mapping[str, float] = field(default_factory=dict)  # per-query latency: mean, p50, p90, p99 (seconds)
 
     @property
     def gap(self) -> float:
@@ -67,6 +68,7 @@ class RunMetrics:
         d = asdict(self)
         d["workers"] = {str(w): asdict(u) for w, u in self.workers.items()}
         d["stats"] = dict(self.stats)
+        d["latency"] = dict(self.latency)
         d["gap"] = self.gap
         d["plan_gap"] = self.plan_gap
         d["idle_share"] = self.idle_share
@@ -106,6 +108,30 @@ def worker_usage(
         ld = loading.get(w, 0.0)
         out[w] = WorkerUsage(busy=b, loading=ld, idle=max(span - b - ld, 0.0))
     return out
+
+
+def query_latencies(records: Iterable[Record], arrivals: Sequence[float]) -> np.ndarray:
+    """Seconds from each query's arrival to its final answer: its aggregator request's end, or its last expert's
+    when the aggregator was skipped (queries with no answer yet are left out)."""
+    expert_end: dict[int, float] = {}
+    agg_end: dict[int, float] = {}
+    skipped: set[int] = set()
+    for r in records:
+        if isinstance(r, RequestRecord):
+            ends = agg_end if r.stage == AGGREGATION_STAGE else expert_end
+            ends[r.query_id] = max(ends.get(r.query_id, r.end), r.end)
+        elif isinstance(r, AggregationRecord) and r.skipped:
+            skipped.add(r.query_id)
+    done = {q: expert_end[q] for q in skipped if q in expert_end} | agg_end
+    return np.array([done[q] - arrivals[q] for q in sorted(done)], dtype=float)
+
+
+def latency_summary(latencies: np.ndarray) -> dict[str, float]:
+    """Mean and the 50th, 90th and 99th percentiles (empty when there is no latency)."""
+    if latencies.size == 0:
+        return {}
+    p50, p90, p99 = np.percentile(latencies, [50, 90, 99])
+    return {"mean": float(latencies.mean()), "p50": float(p50), "p90": float(p90), "p99": float(p99)}
 
 
 def count_loads(records: Iterable[Record], stage: str = EXPERT_STAGE) -> int:

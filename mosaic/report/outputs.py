@@ -102,6 +102,7 @@ def _track(cfg: RunConfig, runs: Sequence, out_dir: Path, title: str, gantt: Pat
             d = r.metrics.as_dict()
             d.pop("workers")
             d.pop("stats")
+            d.update({f"latency_{k}": v for k, v in d.pop("latency").items()})
             tracker.log_metrics(d, prefix=f"{r.name}/")
             if r.trace_path and r.trace_path.exists():
                 tracker.log_file(f"trace-{r.name}", r.trace_path)

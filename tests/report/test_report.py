@@ -6,7 +6,16 @@ from rich.console import Console
 from mosaic.core.config import TrackingCfg
 from mosaic.core.trace import AggregationRecord, LoadRecord, RequestRecord
 from mosaic.report.gantt import plot_gantt, segments
-from mosaic.report.metrics import RunMetrics, WorkerUsage, aggregation_summary, mean_ci, speedup, worker_usage
+from mosaic.report.metrics import (
+    RunMetrics,
+    WorkerUsage,
+    aggregation_summary,
+    latency_summary,
+    mean_ci,
+    query_latencies,
+    speedup,
+    worker_usage,
+)
 from mosaic.report.table import comparison_table, paper_line, rows
 from mosaic.report.tracking import Tracker, log_run
 
@@ -108,3 +117,20 @@ def test_log_run_records_tables_images_and_metrics(tmp_path):
     assert any((files / "media" / "images").iterdir())
     assert log_run(TrackingCfg(mode="disabled"), "x", {}, tmp_path / "off", tables) is None
     assert not (tmp_path / "off").exists()
+
+
+def test_query_latency_ends_at_the_aggregator_or_at_the_last_expert_when_skipped():
+    recs = [
+        RequestRecord("expert", 0, 0, "a", 0, 0.0, 3.0, 10, 5),
+        RequestRecord("expert", 1, 0, "b", 1, 0.0, 4.0, 10, 5),
+        AggregationRecord(0, 1.0, True, "A", True),  # skipped: done when its last expert is
+        RequestRecord("expert", 2, 1, "a", 0, 5.0, 9.0, 10, 5),
+        RequestRecord("aggregation", 0, 1, "agg", 1, 9.0, 12.0, 30, 5),
+        AggregationRecord(1, 0.5, False, "B", False),
+        RequestRecord("expert", 3, 2, "a", 0, 9.0, 10.0, 10, 5),  # no decision yet: left out
+    ]
+    lat = query_latencies(recs, [0.0, 5.0, 8.0])
+    assert lat.tolist() == [4.0, 7.0]
+    s = latency_summary(lat)
+    assert s["mean"] == 5.5 and s["p50"] == 5.5 and abs(s["p99"] - 6.97) < 1e-9
+    assert latency_summary(lat[:0]) == {}
