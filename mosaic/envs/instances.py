@@ -7,7 +7,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -15,33 +14,14 @@ import numpy as np
 
 from mosaic.core.config import RunConfig, load_config
 from mosaic.core.errors import ConfigError, WorkloadError
-from mosaic.core.types import Cluster, Request, Responses, Workload
+from mosaic.core.types import Cluster
 from mosaic.envs.problem import Instance, InstanceSet
-from mosaic.predictors.interface import CostModel, LengthPredictor
+from mosaic.predictors.interface import CostModel
+from mosaic.predictors.lengths import NoisyOracleLengthPredictor
 
 # A small paper-like scenario (6 experts, k = 3, 4 workers) that keeps episodes fast on 2 cores.
 DEFAULT_ENV_OVERRIDES = ("workload.preset=gpqa", "workload.num_queries=40")
 TRAIN_STREAM, EVAL_STREAM, TEST_STREAM = 1, 2, 3  # seed streams: training, evaluation (held-out), final test
-
-
-class NoisyOracleLengthPredictor(LengthPredictor):
-    """True output lengths times a fixed log-normal error per (query, expert): ``exp(sigma * z)``."""
-
-    name = "noisy-oracle"
-
-    def __init__(self, responses: Responses, sigma: float, rng: np.random.Generator) -> None:
-        if not (np.isfinite(sigma) and sigma >= 0):
-            raise ConfigError(f"noisy oracle predictor: noise must be a finite number >= 0, got {sigma!r}")
-        self.responses, self.sigma = responses, float(sigma)
-        keys = sorted(responses.table)
-        self._factor = dict(zip(keys, np.exp(self.sigma * rng.standard_normal(len(keys))).tolist(), strict=True))
-
-    def predict(self, workload: Workload, requests: Sequence[Request]) -> np.ndarray:
-        out = np.empty(len(requests))
-        for i, r in enumerate(requests):
-            key = (r.query_id, r.expert)
-            out[i] = self.responses.get(*key).output_tokens * self._factor.get(key, 1.0)
-        return out
 
 
 def resolve_config(config: RunConfig | str | Path | None) -> RunConfig:

@@ -67,7 +67,9 @@ def build_cost_model(
     ``responses``: ground truth, needed only by the ``oracle`` predictor.
     """
     profile = build_profile(cfg, workload)
-    predictor = build_length_predictor(cfg.costs.predictor, means=means, responses=responses, workload=workload)
+    predictor = build_length_predictor(
+        cfg.costs.predictor, means=means, responses=responses, workload=workload, seed=cfg.seed
+    )
     missing = predictor.missing([e.name for e in (*workload.experts, workload.aggregator)])
     if missing:
         raise ConfigError(f"costs.predictor {cfg.costs.predictor!r} has no lengths for expert(s) {missing} "

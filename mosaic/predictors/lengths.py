@@ -20,6 +20,8 @@ from mosaic.core.types import Request, Responses, Workload
 from mosaic.predictors.interface import LengthPredictor
 from mosaic.predictors.registry import LENGTH_PREDICTORS
 
+NOISE_STREAM = 2  # child of SeedSequence(seed) the noisy oracle draws from (0: workload, 1: schedulers)
+
 
 class MeanLengthPredictor(LengthPredictor):
     """Every request of an expert gets that expert's mean output length (the paper's cost input)."""
@@ -111,6 +113,26 @@ class OracleLengthPredictor(LengthPredictor):
                            count=len(requests))  # fmt: skip
 
 
+class NoisyOracleLengthPredictor(LengthPredictor):
+    """True output lengths times a fixed log-normal error per (query, expert): ``exp(sigma * z)``."""
+
+    name = "noisy-oracle"
+
+    def __init__(self, responses: Responses, sigma: float, rng: np.random.Generator) -> None:
+        if not (np.isfinite(sigma) and sigma >= 0):
+            raise ConfigError(f"noisy oracle predictor: noise must be a finite number >= 0, got {sigma!r}")
+        self.responses, self.sigma = responses, float(sigma)
+        keys = sorted(responses.table)
+        self._factor = dict(zip(keys, np.exp(self.sigma * rng.standard_normal(len(keys))).tolist(), strict=True))
+
+    def predict(self, workload: Workload, requests: Sequence[Request]) -> np.ndarray:
+        out = np.empty(len(requests))
+        for i, r in enumerate(requests):
+            key = (r.query_id, r.expert)
+            out[i] = self.responses.get(*key).output_tokens * self._factor.get(key, 1.0)
+        return out
+
+
 @LENGTH_PREDICTORS.register("mean", help="per-expert mean output tokens (the paper); mean:TRACE.jsonl fits them")
 def mean_factory(arg: str | None = None, *_: object, means: Mapping[str, float] | None = None,
                  **__: object) -> MeanLengthPredictor:  # fmt: skip
@@ -131,3 +153,24 @@ def oracle_factory(arg: str | None = None, *_: object, responses: Responses | No
     if responses is None:
         raise ConfigError("costs.predictor 'oracle' needs the ground-truth responses (none were given)")
     return OracleLengthPredictor(responses)
+
+
+@LENGTH_PREDICTORS.register(
+    "noisy-oracle", help="true lengths times a log-normal error: noisy-oracle:SIGMA (0.6 ~ 60%)"
+)
+def noisy_oracle_factory(arg: str | None = None, *_: object, responses: Responses | None = None, seed: int = 0,
+                         **__: object) -> NoisyOracleLengthPredictor:  # fmt: skip
+    """``noisy-oracle:SIGMA``: each (query, expert)'s true length times ``exp(SIGMA * z)``, ``z ~ N(0, 1)`` drawn
+    from the run's seed (its own stream: the workload and the schedulers draw from others)."""
+    try:
+        sigma = float(arg) if arg else math.nan
+    except ValueError:
+        sigma = math.nan
+    if not (math.isfinite(sigma) and sigma >= 0):
+        raise ConfigError(
+            f"costs.predictor 'noisy-oracle' needs a noise level >= 0, e.g. noisy-oracle:0.6; got {arg!r}"
+        )
+    if responses is None:
+        raise ConfigError("costs.predictor 'noisy-oracle' needs the ground-truth responses (none were given)")
+    rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(NOISE_STREAM,)))
+    return NoisyOracleLengthPredictor(responses, sigma, rng)

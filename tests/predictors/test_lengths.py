@@ -95,5 +95,23 @@ def test_registry_and_factory(tiny_workload: Workload) -> None:
 
 
 def test_unknown_predictor_is_the_registry_error() -> None:
-    with pytest.raises(RegistryError, match=r"unknown length predictor 'magic'; valid: .*mean, oracle"):
+    with pytest.raises(RegistryError, match=r"unknown length predictor 'magic'; valid: .*mean, noisy-oracle, oracle"):
         build_length_predictor("magic:arg", means=MEANS)
+
+
+def test_noisy_oracle_from_the_config_is_seeded_and_checked():
+    from mosaic.core.config import load_config
+    from mosaic.pipeline import prepare
+
+    def predicted(seed: int, spec: str = "noisy-oracle:0.6") -> np.ndarray:
+        exp = prepare(load_config(None, ["workload.preset=gpqa", "workload.num_queries=20", f"seed={seed}",
+                                         f"costs.predictor={spec}"]))  # fmt: skip
+        truth = [exp.responses.get(r.query_id, r.expert).output_tokens for r in exp.workload.requests]
+        return np.array([exp.costs.predicted_tokens(r) / t for r, t in zip(exp.workload.requests, truth, strict=True)])
+
+    a = predicted(0)
+    assert (a == predicted(0)).all() and not np.allclose(predicted(1), a)  # same seed, same errors
+    assert 0.4 < float(np.std(np.log(a))) < 0.8  # a log-normal error of sigma 0.6 (60 requests)
+    assert np.allclose(predicted(0, "noisy-oracle:0"), 1.0)
+    with pytest.raises(ConfigError, match="noise level >= 0"):
+        predicted(0, "noisy-oracle:-1")
