@@ -18,7 +18,7 @@ from mosaic.agents.policy import PlanReplay
 from mosaic.agents.thresholds import make_aggregation_policy
 from mosaic.core.config import RunConfig
 from mosaic.core.errors import ConfigError, RegistryError
-from mosaic.core.trace import EXPERT_STAGE, Record, TraceWriter, finished_requests
+from mosaic.core.trace import EXPERT_STAGE, Record, RequestRecord, TraceWriter, finished_requests
 from mosaic.core.types import Cluster, Plan, Query, Responses, Workload
 from mosaic.predictors.factory import build_cost_model
 from mosaic.predictors.interface import CostModel
@@ -141,7 +141,8 @@ def plan_scheduler(exp: Experiment, name: str, policy: AggregationPolicy | None 
     policy = policy if policy is not None else aggregation_policy(exp)
     rng = exp.scheduler_rng()
     plan = scheduler.plan(exp.workload, exp.costs.bind(exp.workload), exp.cluster, rng)
-    plan.validate(exp.workload, exp.cluster)
+    if scheduler.plans_ahead:
+        plan.validate(exp.workload, exp.cluster)
     return PlannedRun(name, scheduler, plan, rng, policy)
 
 
@@ -215,7 +216,7 @@ def metrics_of(
         end_to_end=agg.end - ex.start,
         lower_bound=plan.lower_bound,
         predicted_makespan=plan.predicted_makespan,
-        requests=len(plan.assignment),
+        requests=sum(1 for r in records if isinstance(r, RequestRecord) and r.stage == EXPERT_STAGE),
         loads=count_loads(records, EXPERT_STAGE),
         aggregated=aggregated,
         skip_rate=skip_rate,

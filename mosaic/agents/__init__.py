@@ -17,6 +17,7 @@ from mosaic.agents.data_parallel import DataParallelScheduler
 from mosaic.agents.greedy_lpt import GreedyLPTScheduler, greedy_lpt_order
 from mosaic.agents.ilp_scheduler import MosaicIlpFixedScheduler, MosaicIlpScheduler
 from mosaic.agents.interface import Scheduler
+from mosaic.agents.online import GreedyOnline, GreedyOnlineScheduler
 from mosaic.agents.registry import SCHEDULERS, make_scheduler
 from mosaic.agents.rl import RLRescheduleScheduler, load_agent, rl_threshold_policy  # torch/SB3 imported lazily
 from mosaic.agents.round_robin import RoundRobinScheduler
@@ -28,6 +29,8 @@ __all__ = [
     "BoundTerms",
     "DataParallelScheduler",
     "GreedyLPTScheduler",
+    "GreedyOnline",
+    "GreedyOnlineScheduler",
     "MosaicIlpFixedScheduler",
     "MosaicIlpScheduler",
     "RLRescheduleScheduler",

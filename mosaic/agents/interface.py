@@ -16,6 +16,7 @@ class Scheduler(ABC):
     """Decides what each worker loads and which requests it runs, in which order."""
 
     name: str = "base"
+    plans_ahead: bool = True  # False: :meth:`plan` assigns nothing, the runtime policy dispatches everything
 
     @abstractmethod
     def plan(

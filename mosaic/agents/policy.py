@@ -14,7 +14,8 @@ A policy in a few lines (dispatch every request, in id order, to the worker with
             ids = [w.id for w in view.cluster.workers]
             return [Dispatch(min(ids, key=lambda w: len(view.queued(w))), (r,)) for r in view.waiting()]
 
-Every request must end up dispatched: the loop raises when it is idle with requests no worker holds.
+Every request must end up dispatched: the loop raises when it is idle with requests no worker holds (a policy that
+dispatches as requests arrive asks for ``arrival`` events).
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ from typing import ClassVar
 from mosaic.core.types import Cluster, Plan, Workload
 from mosaic.predictors.interface import CostModel
 
-START, IDLE = "start", "idle"  # event kinds: the stage begins; a worker has nothing queued or running
-EVENT_KINDS = (START, IDLE)
+START, ARRIVAL, IDLE = "start", "arrival", "idle"  # event kinds: the stage begins; requests arrive; a worker
+EVENT_KINDS = (START, ARRIVAL, IDLE)  # has nothing queued or running
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +43,8 @@ class Event:
 
 @dataclass(frozen=True, slots=True)
 class Dispatch:
-    """Append ``request_ids`` (waiting ones: no worker holds them) to ``worker``'s queue, in this order."""
+    """Append ``request_ids`` (no worker holds them yet) to ``worker``'s queue, in this order. A request that has not
+    arrived may be dispatched too (a plan made ahead): the engine admits it when it arrives."""
 
     worker: int
     request_ids: tuple[int, ...]
@@ -75,7 +77,7 @@ class View(ABC):
 
     @abstractmethod
     def waiting(self) -> tuple[int, ...]:
-        """Requests no worker holds yet, in request order."""
+        """Requests that have arrived and that no worker holds yet, in arrival order."""
 
     @abstractmethod
     def queued(self, worker: int) -> tuple[int, ...]:
@@ -127,5 +129,5 @@ class PlanReplay(Policy):
         return plan_dispatches(self.plan) if event.kind == START else []
 
 
-__all__ = ["EVENT_KINDS", "IDLE", "START", "Action", "Dispatch", "Event", "PlanReplay", "Policy", "Steal", "View",
-           "plan_dispatches"]  # fmt: skip
+__all__ = ["ARRIVAL", "EVENT_KINDS", "IDLE", "START", "Action", "Dispatch", "Event", "PlanReplay", "Policy", "Steal",
+           "View", "plan_dispatches"]  # fmt: skip

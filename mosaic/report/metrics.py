@@ -70,7 +70,9 @@ class RunMetrics:
         d["stats"] = dict(self.stats)
         d["latency"] = dict(self.latency)
         d["gap"] = self.gap
-        d["plan_gap"] = self.plan_gap
+        d["plan_gap"] = self.plan_gap if math.isfinite(self.plan_gap) else None
+        if not math.isfinite(self.predicted_makespan):  # a scheduler that plans nothing ahead predicts nothing
+            d["predicted_makespan"] = None
         d["idle_share"] = self.idle_share
         d["accuracy_delta_pp"] = self.accuracy_delta_pp
         return d

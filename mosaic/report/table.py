@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 
 from rich.table import Table
@@ -40,7 +41,7 @@ def rows(metrics: Sequence[RunMetrics], baseline: str) -> list[list[str]]:
             f"{speedup(base.end_to_end, m.end_to_end):.2f}",
             f"{m.lower_bound:,.1f}",
             f"{100 * m.gap:.1f}",
-            f"{100 * m.plan_gap:.1f}",
+            f"{100 * m.plan_gap:.1f}" if math.isfinite(m.plan_gap) else "-",
             str(m.loads),
             _pct(m.idle_share),
             _pct(m.skip_rate),

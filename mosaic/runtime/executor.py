@@ -96,7 +96,8 @@ class Executor:
         expert stage's plan when the caller made it already (with ``scheduler`` and the same ``rng``)."""
         if plan is None:
             plan = scheduler.plan(workload, costs.bind(workload), cluster, rng)
-        plan.validate(workload, cluster)
+        if scheduler.plans_ahead:
+            plan.validate(workload, cluster)
         stage1 = self.backend.run_policy(EXPERT_STAGE, scheduler.runtime_policy(plan), workload, costs.bind(workload),
                                          cluster, trace)  # fmt: skip
         votes = self.votes(workload, stage1.responses)
@@ -106,7 +107,8 @@ class Executor:
         agg = aggregation_workload(workload, stage1.responses, [v.skip for v in votes], self.template_tokens)
         if agg.requests:
             plan2 = scheduler.plan(agg, costs.bind(agg), cluster, rng, resident=stage1.resident)
-            plan2.validate(agg, cluster)
+            if scheduler.plans_ahead:
+                plan2.validate(agg, cluster)
             stage2 = self.backend.run_policy(AGGREGATION_STAGE, scheduler.runtime_policy(plan2), agg, costs.bind(agg),
                                              cluster, trace, stage1.end, stage1.resident)  # fmt: skip
         else:

@@ -1,9 +1,10 @@
 """The runtime loop on simulated engines: one :class:`~mosaic.runtime.sim_worker.WorkerSim` per GPU, a policy
 (:mod:`mosaic.agents.policy`) asked at the events it wants, its actions applied to the engines.
 
-The loop always applies the earliest engine event next (lockstep on the simulated clock); when a worker runs out of
-work it tells the policy (``idle``). A policy that wants no events (a static plan) is answered once at the start,
-after which every engine runs to the end without stopping: exactly the static simulation, at its speed.
+The loop always applies the earliest event next (lockstep on the simulated clock): an engine's, or a request's
+arrival; it tells the policy when requests arrive (``arrival``) and when a worker runs out of work (``idle``). A
+policy that wants no events (a static plan) is answered once at the start, after which every engine runs to the
+end without stopping: exactly the static simulation, at its speed.
 """
 
 from __future__ import annotations
@@ -11,13 +12,13 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from mosaic.agents.policy import IDLE, START, Action, Dispatch, Event, Policy, Steal, View
+from mosaic.agents.policy import ARRIVAL, IDLE, START, Action, Dispatch, Event, Policy, Steal, View
 from mosaic.core.errors import PlanError
 from mosaic.core.trace import Record, RequestRecord, TraceWriter
 from mosaic.core.types import Cluster, Response, Responses, Workload
 from mosaic.predictors.interface import CostModel
 from mosaic.runtime.interface import StageResult
-from mosaic.runtime.sim_worker import SimRequest, WorkerSim
+from mosaic.runtime.sim_worker import ARRIVAL_EPS, SimRequest, WorkerSim
 
 INF = float("inf")
 
@@ -48,7 +49,10 @@ class SimLoop(View):
         self.trace, self.start = trace, float(start)
         self.seen: dict[tuple[int, str], Response] = {}
         self.items: list[SimRequest] = backend.sim_requests(workload, tuple(range(len(workload.requests))), self.seen)
-        self._waiting: dict[int, None] = dict.fromkeys(range(len(self.items)))  # an ordered set
+        self._undispatched: dict[int, None] = dict.fromkeys(range(len(self.items)))  # an ordered set
+        self._ready: dict[int, None] = {}  # undispatched and arrived, in arrival order
+        self._arrivals = sorted(range(len(self.items)), key=lambda r: (self.items[r].arrival, r))
+        self._next_arrival = 0  # index into _arrivals of the first request not yet arrived
         self._finished: dict[int, float] = {}
         self._clock = self.start
         self._backend, self._resident = backend, dict(resident or {})
@@ -61,7 +65,7 @@ class SimLoop(View):
         return self._clock
 
     def waiting(self) -> tuple[int, ...]:
-        return tuple(self._waiting)
+        return tuple(self._ready)
 
     def queued(self, worker: int) -> tuple[int, ...]:
         return tuple(r.request_id for r in self.sims[worker].pending())
@@ -88,32 +92,59 @@ class SimLoop(View):
         emit = self._emit if policy.events else self.trace.write  # a static plan needs no completion tracking
         self.sims = {w.id: self._backend.make_worker(w, self.stage, self.start, self._resident.get(w.id), emit)
                      for w in self.cluster.workers}  # fmt: skip
+        self._arrive(self._clock)
         self._apply(policy.decide(self, Event(START, self._clock)), first=True)
         if not policy.events:
             for sim in self.sims.values():
                 sim.run_until_idle()
         else:
             self._lockstep(policy)
-        if self._waiting:
-            left = list(self._waiting)[:5]
-            raise PlanError(f"policy {policy.name!r} left {len(self._waiting)} request(s) undispatched, e.g. {left}")
+        if self._undispatched:
+            left, n = list(self._undispatched)[:5], len(self._undispatched)
+            raise PlanError(f"policy {policy.name!r} left {n} request(s) undispatched, e.g. {left}")
         return self._result()
 
     def _lockstep(self, policy: Policy) -> None:
-        """Apply the earliest engine event, one at a time; tell the policy when a worker runs out of work."""
-        wants_idle = IDLE in policy.events
+        """Apply the earliest event, one at a time: an engine's, or (when the policy wants them) an arrival, which
+        goes first on a tie; tell the policy when a worker runs out of work and when requests arrive."""
+        wants_idle, wants_arrival = IDLE in policy.events, ARRIVAL in policy.events
         idle = [w for w, sim in self.sims.items() if sim.is_idle]
         while True:
             if wants_idle:
                 for w in idle:
                     self._apply(policy.decide(self, Event(IDLE, self._clock, w)))
             w, t = min(((w, s.next_event_time()) for w, s in self.sims.items()), key=lambda p: p[1])
+            ta = self._arrival_time() if wants_arrival else INF
+            if ta <= t and ta < INF:
+                self._clock = max(self._clock, ta)
+                self._arrive(self._clock)
+                self._apply(policy.decide(self, Event(ARRIVAL, self._clock)))
+                idle = []
+                continue
             if t == INF:
                 return
             sim = self.sims[w]
             sim.step()
             self._clock = sim.clock
+            self._arrive(self._clock)
             idle = [w] if sim.is_idle else []
+
+    def _arrival_time(self) -> float:
+        """When the next undispatched request arrives (inf: none left to arrive)."""
+        order, items, undispatched = self._arrivals, self.items, self._undispatched
+        while self._next_arrival < len(order) and order[self._next_arrival] not in undispatched:
+            self._next_arrival += 1
+        return items[order[self._next_arrival]].arrival if self._next_arrival < len(order) else INF
+
+    def _arrive(self, t: float) -> None:
+        """Every undispatched request that has arrived by ``t`` becomes waiting."""
+        order, items, undispatched = self._arrivals, self.items, self._undispatched
+        i = self._next_arrival
+        while i < len(order) and items[order[i]].arrival <= t + ARRIVAL_EPS:
+            if order[i] in undispatched:
+                self._ready[order[i]] = None
+            i += 1
+        self._next_arrival = i
 
     def _emit(self, rec: Record) -> None:
         if isinstance(rec, RequestRecord):
@@ -137,11 +168,14 @@ class SimLoop(View):
 
     def _dispatch(self, a: Dispatch, first: bool) -> None:
         sim = self._sim(a.worker, a)
-        bad = [r for r in a.request_ids if r not in self._waiting]
+        bad = [r for r in a.request_ids if r not in self._undispatched]
         if bad or len(set(a.request_ids)) != len(a.request_ids):
-            raise PlanError(f"{a!r}: request(s) {bad or 'listed twice'} are not waiting (dispatched before, or none)")
+            raise PlanError(
+                f"{a!r}: request(s) {bad or 'listed twice'} cannot be dispatched (dispatched before, or none)"
+            )
         for r in a.request_ids:
-            del self._waiting[r]
+            del self._undispatched[r]
+            self._ready.pop(r, None)
         items = [self.items[r] for r in a.request_ids]
         sim.enqueue(items) if first else sim.enqueue(items, now=self._clock)
 

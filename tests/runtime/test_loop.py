@@ -10,13 +10,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from mosaic.agents import make_scheduler
-from mosaic.agents.policy import IDLE, START, Dispatch, Event, PlanReplay, Policy, Steal, View
+from mosaic.agents.online import GreedyOnline
+from mosaic.agents.policy import ARRIVAL, IDLE, START, Dispatch, Event, PlanReplay, Policy, Steal, View
 from mosaic.agents.stealing import WorkStealing
 from mosaic.core.config import load_config
 from mosaic.core.errors import ConfigError, PlanError
-from mosaic.core.trace import EXPERT_STAGE, TraceWriter
+from mosaic.core.trace import EXPERT_STAGE, RequestRecord, TraceWriter
 from mosaic.core.types import plan_from_order
-from mosaic.pipeline import prepare
+from mosaic.pipeline import prepare, run_scheduler
 from mosaic.runtime.interface import Backend
 from mosaic.runtime.sim import SimBackend
 
@@ -92,7 +93,7 @@ class Scripted(Policy):
     [
         ((Dispatch(0, (0, 0)),), "listed twice"),
         ((Dispatch(7, (0,)),), "not in the cluster"),
-        ((Dispatch(0, (99,)),), "not waiting"),
+        ((Dispatch(0, (99,)),), "cannot be dispatched"),
         ((Dispatch(0, tuple(range(11))), Steal(0, 1, (0,))), "cannot move"),
         ((Dispatch(0, tuple(range(11))), Steal(0, 0, (5,))), "to itself"),
         (("go",), "not an action"),
@@ -106,10 +107,11 @@ def test_invalid_actions_are_plan_errors(rt, actions, needle):
 
 
 class RandomPolicy(Policy):
-    """Dispatches a random share at the start and more (or steals) whenever a worker is idle."""
+    """Dispatches a random share at the start, some of what arrives, and more (or steals) whenever a worker is
+    idle; checks the view's invariants at every event."""
 
     name = "random"
-    events = frozenset({IDLE})
+    events = frozenset({IDLE, ARRIVAL})
 
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
@@ -117,19 +119,23 @@ class RandomPolicy(Policy):
     def decide(self, view: View, event: Event):
         waiting, ids = list(view.waiting()), list(view.cluster.ids)
         held = [*waiting, *view.finished(), *(r for w in ids for r in (*view.queued(w), *view.running(w)))]
-        assert sorted(held) == list(range(len(view.workload.requests)))  # every request in exactly one place
+        assert len(held) == len(set(held))  # every request in one place at most; those in none have not arrived
+        reqs, queries = view.workload.requests, view.workload.queries
+        assert all(queries[reqs[r].query_id].arrival > view.clock for r in set(range(len(reqs))) - set(held))
+        assert all(queries[reqs[r].query_id].arrival <= view.clock + 1e-9 for r in waiting)
         assert all(t <= view.clock + 1e-9 for t in view.finished().values())
         if event.kind == IDLE:
             assert not view.queued(event.worker) and not view.running(event.worker) and not view.loading(event.worker)
         if event.kind == START:
             return [Dispatch(int(self.rng.choice(ids)), (r,)) for r in waiting if self.rng.random() < 0.5]
         out = []
-        for v in ids:
+        for v in ids if event.kind == IDLE else ():
             tail = view.queued(v)[1:]
             if v != event.worker and tail and self.rng.random() < 0.5:
                 out.append(Steal(v, event.worker, tuple(tail[-int(self.rng.integers(1, len(tail) + 1)) :])))
         if waiting:
-            out.append(Dispatch(event.worker, tuple(waiting[: int(self.rng.integers(1, len(waiting) + 1))])))
+            to = event.worker if event.kind == IDLE else int(self.rng.choice(ids))
+            out.append(Dispatch(to, tuple(waiting[: int(self.rng.integers(1, len(waiting) + 1))])))
         return out
 
 
@@ -179,3 +185,25 @@ def test_stealing_schedulers_take_their_planners_options():
     assert isinstance(s.runtime_policy(plan=None), WorkStealing)  # type: ignore[arg-type]
     with pytest.raises(ConfigError, match=r"has no option 'bogus'; valid: .*time_limit_s"):
         make_scheduler("mosaic-ilp+steal", bogus=1)
+
+
+def test_greedy_online_pulls_what_waits_as_one_batch_of_the_resident_expert(rt):
+    """One worker: r0 (a) runs long; r1 (b), r2 (a), r3 (a) arrive meanwhile and wait; when the worker runs dry it
+    takes the resident expert's two together (no load), then b."""
+    wl = rt.workload([("a",), ("b",), ("a",), ("a",)], experts=("a", "b"), arrivals=[0.0, 1.0, 1.0, 2.0])
+    resp = rt.responses(wl, lambda q, e: 400 if q == 0 else 10)
+    costs = rt.costs({"a": rt.mcost(load_s=1.0), "b": rt.mcost(load_s=1.0), "agg": rt.mcost()})
+    _, recs = _run(SimBackend(resp, costs), GreedyOnline(), wl, costs, rt.cluster(1))
+    start = {r.request_id: r.start for r in rt.requests(recs)}
+    end0 = next(r.end for r in rt.requests(recs) if r.request_id == 0)
+    assert start[2] == pytest.approx(end0) and start[3] > start[2] and start[3] < start[1]  # one batch, then b
+    assert [ld.expert for ld in rt.loads(recs)] == ["a", "b"]
+
+
+def test_greedy_online_runs_through_the_pipeline_with_no_plan_ahead():
+    exp = prepare(load_config(None, ["workload.preset=gpqa", "workload.num_queries=30", "tracking.mode=disabled"]))
+    run = run_scheduler(exp, "greedy-online")
+    assert run.metrics.requests == len(exp.workload.requests) and run.metrics.aggregated == 30
+    assert run.metrics.lower_bound > 0 and run.metrics.as_dict()["predicted_makespan"] is None
+    assert sorted(r.request_id for r in run.records if isinstance(r, RequestRecord) and r.stage == EXPERT_STAGE) == (
+        list(range(len(exp.workload.requests))))  # fmt: skip
