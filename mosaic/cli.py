@@ -32,6 +32,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aggregation", choices=["always", "adaptive", "learned"], help="overrides aggregation.mode")
     p.add_argument("--threshold", type=float, help="skip the aggregator when confidence >= this (adaptive)")
     p.add_argument("--aggregation-model", help="a trained threshold agent (learned; mosaic train threshold)")
+    p.add_argument("--arrivals", metavar="SPEC",
+                   help="offline | poisson:RATE | gamma:RATE:CV | trace:RATE:CSV (mean queries/s)")  # fmt: skip
     p.add_argument("--track", action="store_true", help="log to W&B online (default: offline run directory)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set cluster.workers=8 (repeatable)")  # fmt: skip
@@ -52,9 +54,27 @@ def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> RunConfig:
         overrides.append("aggregation.mode=adaptive")
     if args.aggregation_model is not None and args.aggregation is None:
         overrides.append("aggregation.mode=learned")
+    if getattr(args, "arrivals", None):
+        overrides.extend(arrival_overrides(args.arrivals))
     if args.track:
         overrides.append("tracking.mode=online")
     return load_config(args.config, [*overrides, *extra])
+
+
+def arrival_overrides(spec: str) -> list[str]:
+    """``--arrivals`` as config overrides: ``offline``, ``poisson:RATE``, ``gamma:RATE:CV``, ``trace:RATE:CSV``."""
+    kind, *parts = spec.split(":", 2 if spec.startswith("trace:") else -1)
+    shapes = {"offline": 0, "poisson": 1, "gamma": 2, "trace": 2}
+    if kind not in shapes or len(parts) != shapes[kind]:
+        raise ConfigError(f"--arrivals: expected offline, poisson:RATE, gamma:RATE:CV or trace:RATE:CSV; got {spec!r}")
+    if kind == "offline":
+        return ["workload.arrival_rate=null", "workload.arrival_process=poisson", "workload.arrival_trace=null"]
+    out = [f"workload.arrival_rate={parts[0]}", f"workload.arrival_process={kind}"]
+    if kind == "gamma":
+        out.append(f"workload.arrival_cv={parts[1]}")
+    if kind == "trace":
+        out.append(f"workload.arrival_trace={parts[1]}")
+    return out
 
 
 def _execute(args: argparse.Namespace, schedulers: list[str], command: str, resume: str | None = None) -> int:

@@ -46,7 +46,18 @@ class WorkloadCfg(_Cfg):
     skew: float = Field(1.0, ge=0, description="routing skew: 0 = uniform demand, larger = more skewed")
     experts: list[ExpertCfg] | None = Field(None, description="default: the preset's six paper experts")
     aggregator: str | None = Field(None, description="expert name of the aggregator; default: the preset's")
-    arrival_rate: float | None = Field(None, gt=0, description="queries/s (Poisson); default: all at t=0")
+    arrival_rate: float | None = Field(None, gt=0, description="mean queries/s; default: all at t=0 (offline)")
+    arrival_process: Literal["poisson", "gamma", "trace"] = Field("poisson", description="gaps between arrivals")
+    arrival_cv: float = Field(1.0, gt=0, description="gamma: coefficient of variation of the gaps (1: Poisson)")
+    arrival_trace: str | None = Field(None, description="trace: CSV with a TIMESTAMP column, time-scaled to the rate")
+
+    @model_validator(mode="after")
+    def _arrivals_are_complete(self) -> WorkloadCfg:
+        if self.arrival_process == "trace" and not self.arrival_trace:
+            raise ValueError("arrival_process 'trace' needs arrival_trace: a CSV with a TIMESTAMP column")
+        if self.arrival_rate is None and (self.arrival_process != "poisson" or self.arrival_trace):
+            raise ValueError(f"arrival_process {self.arrival_process!r} needs arrival_rate (mean queries/s)")
+        return self
 
 
 class ResponsesCfg(_Cfg):

@@ -12,6 +12,7 @@ from mosaic.core.config import ExpertCfg, RunConfig
 from mosaic.core.errors import ConfigError, WorkloadError
 from mosaic.core.trace import RequestRecord, read_trace
 from mosaic.core.types import Expert, ExpertKind, Query, Response, Responses, Workload
+from mosaic.workloads.arrivals import arrival_times
 from mosaic.workloads.presets import PAPER_EXPERTS, Preset, get_preset
 from mosaic.workloads.questions import load_questions, shared_data_dir, synthetic_questions
 from mosaic.workloads.registry import WORKLOADS
@@ -69,10 +70,11 @@ def _questions(cfg: RunConfig, preset: Preset, rng: np.random.Generator) -> tupl
     return qs
 
 
-def _arrivals(queries: tuple[Query, ...], rate: float | None, rng: np.random.Generator) -> tuple[Query, ...]:
-    if rate is None:
+def _arrivals(queries: tuple[Query, ...], cfg: RunConfig, rng: np.random.Generator) -> tuple[Query, ...]:
+    w = cfg.workload
+    if w.arrival_rate is None:
         return queries
-    times = np.cumsum(rng.exponential(1.0 / rate, len(queries)))
+    times = arrival_times(len(queries), w.arrival_rate, rng, w.arrival_process, w.arrival_cv, w.arrival_trace)
     return tuple(replace(q, arrival=float(t)) for q, t in zip(queries, times, strict=True))
 
 
@@ -82,7 +84,7 @@ def build_workload(cfg: RunConfig, rng: np.random.Generator) -> tuple[Workload, 
     ecfgs = expert_cfgs(cfg)
     agg_cfg = _aggregator(cfg, preset, ecfgs)
     q_rng, route_rng, resp_rng, arr_rng = _streams(rng)
-    queries = _arrivals(_questions(cfg, preset, q_rng), cfg.workload.arrival_rate, arr_rng)
+    queries = _arrivals(_questions(cfg, preset, q_rng), cfg, arr_rng)
     names = [e.name for e in ecfgs]
     router = SkillRouter.build(names, preset.skills, [q.domain for q in queries], cfg.workload.k, cfg.workload.skew,
                                route_rng)  # fmt: skip
