@@ -50,8 +50,8 @@ class SimLoop(View):
         self.seen: dict[tuple[int, str], Response] = {}
         self.items: list[SimRequest] = backend.sim_requests(workload, tuple(range(len(workload.requests))), self.seen)
         self._undispatched: dict[int, None] = dict.fromkeys(range(len(self.items)))  # an ordered set
-        self._ready: dict[int, None] = {}  # undispatched and arrived, in arrival order
-        self._arrivals = sorted(range(len(self.items)), key=lambda r: (self.items[r].arrival, r))
+        self._ready: dict[int, None] = {}  # undispatched and arrived, in arrival order (once arrivals are tracked)
+        self._arrivals: list[int] | None = None  # request ids by arrival; built when a policy first needs them
         self._next_arrival = 0  # index into _arrivals of the first request not yet arrived
         self._finished: dict[int, float] = {}
         self._clock = self.start
@@ -65,7 +65,15 @@ class SimLoop(View):
         return self._clock
 
     def waiting(self) -> tuple[int, ...]:
+        if self._arrivals is None:
+            self._track_arrivals()
         return tuple(self._ready)
+
+    def _track_arrivals(self) -> None:
+        """Start tracking arrivals (a static plan never asks: the engines hold requests until they arrive)."""
+        arrival = [it.arrival for it in self.items]
+        self._arrivals = sorted(range(len(arrival)), key=arrival.__getitem__)  # stable: ties in id order
+        self._arrive(self._clock)
 
     def queued(self, worker: int) -> tuple[int, ...]:
         return tuple(r.request_id for r in self.sims[worker].pending())
@@ -92,7 +100,6 @@ class SimLoop(View):
         emit = self._emit if policy.events else self.trace.write  # a static plan needs no completion tracking
         self.sims = {w.id: self._backend.make_worker(w, self.stage, self.start, self._resident.get(w.id), emit)
                      for w in self.cluster.workers}  # fmt: skip
-        self._arrive(self._clock)
         self._apply(policy.decide(self, Event(START, self._clock)), first=True)
         if not policy.events:
             for sim in self.sims.values():
@@ -108,6 +115,8 @@ class SimLoop(View):
         """Apply the earliest event, one at a time: an engine's, or (when the policy wants them) an arrival, which
         goes first on a tie; tell the policy when a worker runs out of work and when requests arrive."""
         wants_idle, wants_arrival = IDLE in policy.events, ARRIVAL in policy.events
+        if self._arrivals is None:
+            self._track_arrivals()
         idle = [w for w, sim in self.sims.items() if sim.is_idle]
         while True:
             if wants_idle:
@@ -131,14 +140,14 @@ class SimLoop(View):
 
     def _arrival_time(self) -> float:
         """When the next undispatched request arrives (inf: none left to arrive)."""
-        order, items, undispatched = self._arrivals, self.items, self._undispatched
+        order, items, undispatched = self._arrivals or [], self.items, self._undispatched
         while self._next_arrival < len(order) and order[self._next_arrival] not in undispatched:
             self._next_arrival += 1
         return items[order[self._next_arrival]].arrival if self._next_arrival < len(order) else INF
 
     def _arrive(self, t: float) -> None:
-        """Every undispatched request that has arrived by ``t`` becomes waiting."""
-        order, items, undispatched = self._arrivals, self.items, self._undispatched
+        """Every undispatched request that has arrived by ``t`` becomes waiting (when arrivals are tracked)."""
+        order, items, undispatched = self._arrivals or [], self.items, self._undispatched
         i = self._next_arrival
         while i < len(order) and items[order[i]].arrival <= t + ARRIVAL_EPS:
             if order[i] in undispatched:
@@ -168,14 +177,15 @@ class SimLoop(View):
 
     def _dispatch(self, a: Dispatch, first: bool) -> None:
         sim = self._sim(a.worker, a)
-        bad = [r for r in a.request_ids if r not in self._undispatched]
-        if bad or len(set(a.request_ids)) != len(a.request_ids):
-            raise PlanError(
-                f"{a!r}: request(s) {bad or 'listed twice'} cannot be dispatched (dispatched before, or none)"
-            )
-        for r in a.request_ids:
-            del self._undispatched[r]
-            self._ready.pop(r, None)
+        ids, undispatched, ready = a.request_ids, self._undispatched, self._ready
+        if not undispatched.keys() >= set(ids) or len(set(ids)) != len(ids):
+            what = [r for r in ids if r not in undispatched] or "listed twice"
+            raise PlanError(f"{a!r}: request(s) {what} cannot be dispatched (dispatched before, or no such request)")
+        for r in ids:
+            del undispatched[r]
+        if ready:
+            for r in ids:
+                ready.pop(r, None)
         items = [self.items[r] for r in a.request_ids]
         sim.enqueue(items) if first else sim.enqueue(items, now=self._clock)
 
