@@ -5,14 +5,20 @@ for, with :data:`Action` s: hand requests to a worker (:class:`Dispatch`) or mov
 to another (:class:`Steal`). A static plan is one policy (:class:`PlanReplay`: everything dispatched at the start,
 nothing afterwards); :class:`WorkStealing` is a plan that reacts when a worker runs out of work.
 
-A policy in a few lines (dispatch every request, in id order, to the worker with the fewest queued)::
+A policy in a few lines (each request, as it arrives, to the worker with the fewest queued)::
 
     class FewestQueued(Policy):
         name = "fewest-queued"
+        events = frozenset({ARRIVAL})
 
         def decide(self, view, event):
-            ids = [w.id for w in view.cluster.workers]
-            return [Dispatch(min(ids, key=lambda w: len(view.queued(w))), (r,)) for r in view.waiting()]
+            queued = {w.id: len(view.queued(w.id)) for w in view.cluster.workers}
+            out = []
+            for r in view.waiting():
+                w = min(queued, key=queued.__getitem__)
+                queued[w] += 1  # the view shows the state before these actions
+                out.append(Dispatch(w, (r,)))
+            return out
 
 Every request must end up dispatched: the loop raises when it is idle with requests no worker holds (a policy that
 dispatches as requests arrive asks for ``arrival`` events).

@@ -207,3 +207,20 @@ def test_greedy_online_runs_through_the_pipeline_with_no_plan_ahead():
     assert run.metrics.lower_bound > 0 and run.metrics.as_dict()["predicted_makespan"] is None
     assert sorted(r.request_id for r in run.records if isinstance(r, RequestRecord) and r.stage == EXPERT_STAGE) == (
         list(range(len(exp.workload.requests))))  # fmt: skip
+
+
+def test_the_documented_example_policy_runs_and_spreads_the_requests(rt):
+    import textwrap
+
+    import mosaic.agents.policy as policy_module
+
+    doc = policy_module.__doc__ or ""
+    code = textwrap.dedent(doc.split("::", 1)[1].split("\n\n", 1)[1].split("\nEvery request")[0])
+    namespace = dict(vars(policy_module))
+    exec(code, namespace)  # the docstring's FewestQueued, as a reader would paste it
+    wl = rt.workload([("a",)] * 9, experts=("a",), arrivals=[0.0, 0.0, 0.0, 1.0, 1.0, 1.0, 2.0, 2.0, 2.0])
+    costs = rt.costs({"a": rt.mcost(load_s=0.5), "agg": rt.mcost()})
+    _, recs = _run(SimBackend(rt.responses(wl, lambda q, e: 20), costs), namespace["FewestQueued"](), wl, costs,
+                   rt.cluster(3))  # fmt: skip
+    per_worker = [sum(r.worker == w for r in rt.requests(recs)) for w in range(3)]
+    assert per_worker == [3, 3, 3]
