@@ -1,9 +1,10 @@
 """The decision interface: a :class:`Policy` acts at the runtime loop's events on a read-only :class:`View`.
 
 The loop (:mod:`mosaic.runtime.loop`) owns the clock and the engines; a policy only answers, at each event it asked
-for, with :data:`Action` s: hand requests to a worker (:class:`Dispatch`) or move requests a worker has not started
-to another (:class:`Steal`). A static plan is one policy (:class:`PlanReplay`: everything dispatched at the start,
-nothing afterwards); :class:`WorkStealing` is a plan that reacts when a worker runs out of work.
+for, with :data:`Action` s: hand requests to a worker (:class:`Dispatch`), move requests a worker has not started
+to another (:class:`Steal`) or take them back (:class:`Withdraw`), ask to be woken later (:class:`WakeAt`). A
+static plan is one policy (:class:`PlanReplay`: everything dispatched at the start, nothing afterwards);
+:class:`WorkStealing` is a plan that reacts when a worker runs out of work.
 
 A policy in a few lines (each request, as it arrives, to the worker with the fewest queued)::
 
@@ -34,17 +35,22 @@ from typing import ClassVar
 from mosaic.core.types import Cluster, Plan, Workload
 from mosaic.predictors.interface import CostModel
 
-START, ARRIVAL, IDLE = "start", "arrival", "idle"  # event kinds: the stage begins; requests arrive; a worker
-EVENT_KINDS = (START, ARRIVAL, IDLE)  # has nothing queued or running
+# event kinds: the stage begins; requests arrive (or are released: their prerequisites finished); a worker's
+# queue ran dry (it may still be running a batch); a worker has nothing queued or running; requests finished on a
+# worker; a time the policy asked to be woken at (:class:`WakeAt`)
+START, ARRIVAL, DRY, IDLE, FINISH, WAKE = "start", "arrival", "dry", "idle", "finish", "wake"
+EVENT_KINDS = (START, ARRIVAL, DRY, IDLE, FINISH, WAKE)
 
 
 @dataclass(frozen=True, slots=True)
 class Event:
-    """What happened: ``kind`` (:data:`EVENT_KINDS`) at ``time``, on ``worker`` (None for ``start``)."""
+    """What happened: ``kind`` (:data:`EVENT_KINDS`) at ``time``, on ``worker`` (None for ``start``, ``arrival``
+    and ``wake``); ``requests``: the requests that finished (``finish``) or arrived (``arrival``)."""
 
     kind: str
     time: float
     worker: int | None = None
+    requests: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,7 +72,24 @@ class Steal:
     request_ids: tuple[int, ...]
 
 
-Action = Dispatch | Steal
+@dataclass(frozen=True, slots=True)
+class Withdraw:
+    """Take ``request_ids``, queued on ``worker`` behind its head and not started, back: they wait again (to be
+    dispatched anew, e.g. by a re-plan)."""
+
+    worker: int
+    request_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class WakeAt:
+    """Ask for a ``wake`` event at ``time`` (seconds, run clock; not before now): a timer, or a decision whose
+    computing time is charged to the clock (decide now, apply when woken)."""
+
+    time: float
+
+
+Action = Dispatch | Steal | Withdraw | WakeAt
 
 
 class View(ABC):
@@ -105,6 +128,10 @@ class View(ABC):
     def finished(self) -> Mapping[int, float]:
         """Request id -> when it finished, for every finished request."""
 
+    @abstractmethod
+    def held(self) -> int:
+        """How many requests wait for prerequisites (e.g. aggregator requests before their experts answer)."""
+
 
 class Policy(ABC):
     """Decides at the loop's events. ``events``: the kinds it wants to hear about besides ``start``; a policy that
@@ -135,5 +162,5 @@ class PlanReplay(Policy):
         return plan_dispatches(self.plan) if event.kind == START else []
 
 
-__all__ = ["ARRIVAL", "EVENT_KINDS", "IDLE", "START", "Action", "Dispatch", "Event", "PlanReplay", "Policy", "Steal",
-           "View", "plan_dispatches"]  # fmt: skip
+__all__ = ["ARRIVAL", "DRY", "EVENT_KINDS", "FINISH", "IDLE", "START", "WAKE", "Action", "Dispatch", "Event",
+           "PlanReplay", "Policy", "Steal", "View", "WakeAt", "Withdraw", "plan_dispatches"]  # fmt: skip
