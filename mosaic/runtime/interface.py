@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from mosaic.agents.policy import PlanReplay, Policy
@@ -29,6 +29,18 @@ class StageResult:
     @property
     def makespan(self) -> float:
         return self.end - self.start
+
+
+@dataclass(frozen=True, slots=True)
+class Gates:
+    """Requests held until others finish. ``prerequisites``: held request -> the requests that must finish first;
+    ``release(request, now, records)``: called when they have (``records``: theirs, in ``prerequisites`` order),
+    returns the request's prompt tokens now (its arrival is ``now``) or None to cancel it; ``stage``: the stage its
+    records carry."""
+
+    prerequisites: Mapping[int, tuple[int, ...]]
+    release: Callable[[int, float, tuple[RequestRecord, ...]], int | None]
+    stage: str
 
 
 class Backend(ABC):
@@ -62,10 +74,11 @@ class Backend(ABC):
         trace: TraceWriter,
         start: float = 0.0,
         resident: Mapping[int, str | None] | None = None,
+        gates: Gates | None = None,
     ) -> StageResult:
         """Run the stage under ``policy``, which acts at the runtime loop's events (``costs``: the predicted costs it
-        sees). By default a backend replays static plans only."""
-        if isinstance(policy, PlanReplay):
+        sees; ``gates``: requests held until others finish). By default a backend replays static plans only."""
+        if isinstance(policy, PlanReplay) and gates is None:
             return self.run_stage(stage, policy.plan, workload, cluster, trace, start, resident)
         raise ConfigError(f"backend {self.name!r} runs static plans only; policy {policy.name!r} acts at run time "
                           f"(run it on the sim backend)")  # fmt: skip

@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Generator, Mapping, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Generator, Mapping, Sequence
+from dataclasses import replace
 from typing import Any, Protocol
 
 from mosaic.agents.policy import (
@@ -45,7 +45,7 @@ from mosaic.core.errors import PlanError
 from mosaic.core.trace import Record, RequestRecord, TraceWriter
 from mosaic.core.types import Cluster, Response, Responses, Workload
 from mosaic.predictors.interface import CostModel
-from mosaic.runtime.interface import StageResult
+from mosaic.runtime.interface import Gates, StageResult
 from mosaic.runtime.sim_worker import ARRIVAL_EPS, SimRequest, WorkerSim
 
 INF = float("inf")
@@ -59,17 +59,6 @@ class Engines(Protocol):
     def make_worker(self, worker: Any, stage: str, start: float, resident: str | None, emit: Any) -> WorkerSim: ...
 
     def sim_requests(self, workload: Workload, request_ids: tuple[int, ...], out: Any) -> list[SimRequest]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class Gates:
-    """Requests held until others finish. ``prerequisites``: held request -> the requests that must finish first;
-    ``release(request, now)``: called when they have, returns the request's prompt tokens now (its arrival is
-    ``now``) or None to cancel it; ``stage``: the stage its records carry."""
-
-    prerequisites: Mapping[int, tuple[int, ...]]
-    release: Callable[[int, float], int | None]
-    stage: str
 
 
 class SimLoop(View):
@@ -106,6 +95,7 @@ class SimLoop(View):
         self._held: dict[int, int] = {}  # gated request -> prerequisites not finished yet
         self._dependents: dict[int, list[int]] = {}  # request -> gated requests waiting for it
         self._released: list[int] = []
+        self._pre_records: dict[int, RequestRecord] = {}  # prerequisite -> its record, until its gates open
         self._clock = self.start
         self._backend, self._resident = backend, dict(resident or {})
         self.sims: dict[int, WorkerSim] = {}
@@ -311,7 +301,10 @@ class SimLoop(View):
             if self.gates is not None:
                 if rid in self._held:
                     rec = replace(rec, stage=self.gates.stage)
-                for g in self._dependents.get(rid, ()):
+                deps = self._dependents.get(rid, ())
+                if deps:
+                    self._pre_records[rid] = rec
+                for g in deps:
                     self._held[g] -= 1
                     if not self._held[g]:
                         self._release(g, rec.end)
@@ -320,7 +313,8 @@ class SimLoop(View):
     def _release(self, g: int, now: float) -> None:
         """Gated request ``g``'s prerequisites have finished: it arrives now, or is cancelled."""
         assert self.gates is not None
-        prompt = self.gates.release(g, now)
+        pre = self.gates.prerequisites[g]
+        prompt = self.gates.release(g, now, tuple(self._pre_records[p] for p in pre))
         item = self.items[g]
         if prompt is None:
             del self._undispatched[g]

@@ -17,7 +17,7 @@ from mosaic.core.errors import ConfigError, PlanError, WorkloadError
 from mosaic.core.trace import TraceWriter
 from mosaic.core.types import Cluster, Plan, Response, Responses, Worker, Workload
 from mosaic.predictors.interface import CostModel, ModelCost
-from mosaic.runtime.interface import Backend, StageResult
+from mosaic.runtime.interface import Backend, Gates, StageResult
 from mosaic.runtime.loop import SimLoop
 from mosaic.runtime.registry import BACKENDS
 from mosaic.runtime.sim_worker import SimRequest, WorkerSim
@@ -115,9 +115,10 @@ class SimBackend(Backend):
         trace: TraceWriter,
         start: float = 0.0,
         resident: Mapping[int, str | None] | None = None,
+        gates: Gates | None = None,
     ) -> StageResult:
         """Simulate the stage under ``policy`` on the runtime loop (:class:`~mosaic.runtime.loop.SimLoop`)."""
-        return SimLoop(self, stage, workload, costs, cluster, trace, start, resident).run(policy)
+        return SimLoop(self, stage, workload, costs, cluster, trace, start, resident, gates).run(policy)
 
 
 def make_sim_backend(cfg: Any, responses: Responses, costs: CostModel) -> SimBackend:

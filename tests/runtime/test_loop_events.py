@@ -25,7 +25,8 @@ from mosaic.agents.policy import (
 )
 from mosaic.core.errors import PlanError
 from mosaic.core.trace import EXPERT_STAGE, RequestRecord, TraceWriter
-from mosaic.runtime.loop import Gates, SimLoop
+from mosaic.runtime.interface import Gates
+from mosaic.runtime.loop import SimLoop
 from mosaic.runtime.sim import SimBackend
 
 
@@ -175,7 +176,8 @@ def _gated(rt, skip):
     prereq = {agg[q]: tuple(r for r in ids if r != agg[q]) for q, ids in by_query.items()}
     calls: list[tuple[int, float]] = []
 
-    def release(r, now):
+    def release(r, now, records):
+        assert [rec.request_id for rec in records] == list(prereq[r])
         calls.append((r, now))
         return None if wl.requests[r].query_id in skip else 777
 
