@@ -34,6 +34,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--aggregation-model", help="a trained threshold agent (learned; mosaic train threshold)")
     p.add_argument("--arrivals", metavar="SPEC",
                    help="offline | poisson:RATE | gamma:RATE:CV | trace:RATE:CSV (mean queries/s)")  # fmt: skip
+    p.add_argument("--no-barrier", action="store_true",
+                   help="aggregate each query as soon as its experts finish (runtime.barrier=false)")  # fmt: skip
     p.add_argument("--track", action="store_true", help="log to W&B online (default: offline run directory)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set cluster.workers=8 (repeatable)")  # fmt: skip
@@ -56,6 +58,8 @@ def _config(args: argparse.Namespace, extra: Sequence[str] = ()) -> RunConfig:
         overrides.append("aggregation.mode=learned")
     if getattr(args, "arrivals", None):
         overrides.extend(arrival_overrides(args.arrivals))
+    if getattr(args, "no_barrier", False):
+        overrides.append("runtime.barrier=false")
     if args.track:
         overrides.append("tracking.mode=online")
     return load_config(args.config, [*overrides, *extra])

@@ -175,8 +175,9 @@ def run_scheduler(
         with TraceWriter(trace_path, meta=meta, resume=resume) as trace:
             if resume:
                 backend.resume_from(finished_requests(trace.prior))
-            result = Executor(backend, planned.policy).run(exp.workload, planned.scheduler, exp.costs, exp.cluster,
-                                                         planned.rng, trace, planned.plan)  # fmt: skip
+            executor = Executor(backend, planned.policy, barrier=exp.cfg.runtime.barrier)
+            result = executor.run(exp.workload, planned.scheduler, exp.costs, exp.cluster, planned.rng, trace,
+                                  planned.plan)  # fmt: skip
             records, prior = tuple(trace.records), trace.prior
     finally:
         backend.close()

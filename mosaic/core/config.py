@@ -92,6 +92,11 @@ class RuntimeCfg(_Cfg):
         "(dtype, max_model_len, gpu_memory_utilization, enforce_eager, engine_args)",
     )
     co_resident: bool = Field(False, description="real engines: keep every expert a worker serves loaded")
+    barrier: bool = Field(
+        True,
+        description="the paper's two stages: aggregation planned once every expert has finished (false: each "
+        "query's aggregation decided and dispatched when its own experts finish)",
+    )
 
 
 class AggregationCfg(_Cfg):

@@ -14,12 +14,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from mosaic.agents.pipelined import AggregateOnRelease
 from mosaic.core.errors import ConfigError
 from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, AggregationRecord, TraceWriter
-from mosaic.core.types import Cluster, Plan, Query, Responses, Workload
+from mosaic.core.types import Cluster, Plan, Query, Response, Responses, Workload
 from mosaic.predictors.interface import CostModel
 from mosaic.runtime.aggregation import AggregationPolicy, AlwaysAggregate, confidence
 from mosaic.runtime.interface import Backend, StageResult
+from mosaic.runtime.overlap import Releases, combined_workload
 
 if TYPE_CHECKING:
     from mosaic.agents.interface import Scheduler
@@ -68,19 +70,23 @@ def _share(flags: Sequence[bool | None]) -> float | None:
 
 
 class Executor:
-    """Runs a scheduler's plans for both stages on ``backend``; ``policy`` decides skips (default: never)."""
+    """Runs a scheduler's plans for both stages on ``backend``; ``policy`` decides skips (default: never).
+    ``barrier``: the paper's two stages, the aggregation planned when every expert has finished (False: each
+    query's aggregation decided and dispatched when its own experts finish, :mod:`mosaic.runtime.overlap`)."""
 
     def __init__(
         self,
         backend: Backend,
         policy: AggregationPolicy | None = None,
         template_tokens: int = AGGREGATOR_TEMPLATE_TOKENS,
+        barrier: bool = True,
     ) -> None:
         if template_tokens < 0:
             raise ConfigError(f"executor: template_tokens must be >= 0, got {template_tokens}")
         self.backend = backend
         self.policy = policy if policy is not None else AlwaysAggregate()
         self.template_tokens = template_tokens
+        self.barrier = barrier
 
     def run(
         self,
@@ -98,6 +104,8 @@ class Executor:
             plan = scheduler.plan(workload, costs.bind(workload), cluster, rng)
         if scheduler.plans_ahead:
             plan.validate(workload, cluster)
+        if not self.barrier:
+            return self._run_overlapped(workload, scheduler, plan, costs, cluster, trace)
         stage1 = self.backend.run_policy(EXPERT_STAGE, scheduler.runtime_policy(plan), workload, costs.bind(workload),
                                          cluster, trace)  # fmt: skip
         votes = self.votes(workload, stage1.responses)
@@ -113,30 +121,60 @@ class Executor:
                                              cluster, trace, stage1.end, stage1.resident)  # fmt: skip
         else:
             plan2, stage2 = empty_plan(scheduler.name), empty_stage(AGGREGATION_STAGE, cluster, stage1)
+        decisions = self._decisions(workload, votes, stage2.responses, trace)
+        return self._result(plan, plan2, stage1, stage2, decisions, votes)
+
+    def votes(self, workload: Workload, responses: Responses) -> list[Vote]:
+        """Confidence, majority answer and skip decision of every query, in query order."""
+        return [self.vote(q, [responses.get(q.id, e) for e in route])
+                for q, route in zip(workload.queries, workload.routes, strict=True)]  # fmt: skip
+
+    def vote(self, query: Query, responses: Sequence[Response]) -> Vote:
+        """Confidence, majority answer and skip decision of ``query`` from its experts' ``responses``."""
+        answers = [r.answer for r in responses]
+        conf, majority = confidence(answers)
+        recorded = next((r.correct for r in responses if majority is not None and r.answer == majority), None)
+        skip = bool(self.policy.decide(query, answers, conf))
+        return Vote(conf, majority, is_correct(majority, query, recorded) if responses else None, skip)
+
+    def _run_overlapped(
+        self, workload: Workload, scheduler: Scheduler, plan: Plan, costs: CostModel, cluster: Cluster,
+        trace: TraceWriter,
+    ) -> RunResult:  # fmt: skip
+        """Both stages in one run of the loop: each query's aggregation decided and run when its experts finish."""
+        if not self.backend.runs_policies:
+            raise ConfigError(f"backend {self.backend.name!r} runs the two stages with a barrier only "
+                              f"(runtime.barrier: true)")  # fmt: skip
+        wl = combined_workload(workload, costs.bind(workload), self.template_tokens)
+        rel = Releases(workload, self.vote, self.template_tokens, trace.write)
+        policy = AggregateOnRelease(scheduler.runtime_policy(plan), len(workload.requests))
+        stage = self.backend.run_policy(EXPERT_STAGE, policy, wl, costs.bind(wl), cluster, trace, gates=rel.gates())
+        votes = [rel.votes[q.id] for q in workload.queries]
+        decisions = self._decisions(workload, votes, stage.responses, trace)
+        expert_end = max(rel.released_at.values(), default=stage.start)
+        expert, agg = replace(stage, end=expert_end), replace(stage, stage=AGGREGATION_STAGE, start=expert_end)
+        return self._result(plan, empty_plan(scheduler.name), expert, agg, decisions, votes)
+
+    def _decisions(self, workload: Workload, votes: Sequence[Vote], agg: Responses, trace: TraceWriter
+                   ) -> list[AggregationRecord]:  # fmt: skip
+        """Every query's decision in query order; the aggregated ones' (the aggregator's answer) are written."""
         decisions = []
         for q, v in zip(workload.queries, votes, strict=True):
             if v.skip:
                 decisions.append(AggregationRecord(q.id, v.confidence, True, v.majority, v.majority_correct))
                 continue
-            r = stage2.responses.get(q.id, workload.aggregator.name)
+            r = agg.get(q.id, workload.aggregator.name)
             rec = AggregationRecord(q.id, v.confidence, False, r.answer, is_correct(r.answer, q, r.correct))
             trace.write(rec)
             decisions.append(rec)
+        return decisions
+
+    @staticmethod
+    def _result(plan: Plan, plan2: Plan, stage1: StageResult, stage2: StageResult,
+                decisions: Sequence[AggregationRecord], votes: Sequence[Vote]) -> RunResult:  # fmt: skip
         skip_rate = sum(v.skip for v in votes) / len(votes) if votes else 0.0
         return RunResult(plan, plan2, stage1, stage2, tuple(decisions), _share([d.correct for d in decisions]),
                          _share([v.majority_correct for v in votes]), skip_rate)  # fmt: skip
-
-    def votes(self, workload: Workload, responses: Responses) -> list[Vote]:
-        """Confidence, majority answer and skip decision of every query, in query order."""
-        out = []
-        for q, route in zip(workload.queries, workload.routes, strict=True):
-            resps = [responses.get(q.id, e) for e in route]
-            answers = [r.answer for r in resps]
-            conf, majority = confidence(answers)
-            recorded = next((r.correct for r in resps if majority is not None and r.answer == majority), None)
-            skip = bool(self.policy.decide(q, answers, conf))
-            out.append(Vote(conf, majority, is_correct(majority, q, recorded) if route else None, skip))
-        return out
 
 
 def aggregation_workload(
