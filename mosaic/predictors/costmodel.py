@@ -38,6 +38,11 @@ means and spreads fitted on the other half) greedy LPT's plan is predicted at 10
 1309 s in the simulator; point costs predict 686 s for a plan that runs 1419 s. Generation caps (``max_tokens``)
 are not modelled: the expectation runs over the untruncated tail.
 
+**Second step line** (``ModelCost.has_compute_line``: the simulator prices a step as the larger of two lines): the
+costs here use the first line only, a lower bound on every step, so every floor above stays a floor; estimates
+are exact while the first line is the larger (the roofline's ``max`` model: its memory line, up to the batch
+where compute takes over).
+
 Predictions are computed once per workload by :meth:`ProfiledCostModel.bind` (array indexed by request id);
 per-GPU-type arrays are built on first use. Requests must belong to the bound workload.
 """

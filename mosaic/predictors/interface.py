@@ -10,15 +10,20 @@ import numpy as np
 
 from mosaic.core.types import Request, Workload
 
+STEP_MODELS = ("sum", "max")  # how an analytic profile prices a decode step (see mosaic.predictors.roofline)
+
 
 @dataclass(frozen=True, slots=True)
 class ModelCost:
     """Profiled costs of one expert on one GPU type.
 
-    A decode step of a batch of ``b`` sequences holding ``kv`` tokens of KV cache takes
-    ``step_base_s + step_per_seq_s * b + step_per_kv_token_s * kv`` seconds. A load that replaces a resident
-    expert first frees it: ``unload_s`` of the outgoing expert, then ``load_s`` of the incoming one (a worker's
-    first load, with nothing resident, costs ``load_s`` only).
+    A decode step of a batch of ``b`` sequences holding ``kv`` tokens of KV cache takes the larger of two lines,
+    ``step_base_s + step_per_seq_s * b + step_per_kv_token_s * kv`` (the first, e.g. memory time) and
+    ``step_compute_base_s + step_compute_per_seq_s * b + step_compute_per_kv_token_s * kv`` (the second, e.g.
+    compute time). The second line defaults to 0, so a profile that does not set it prices a step by the first
+    line alone (the sum model of earlier profiles). A load that replaces a resident expert first frees it:
+    ``unload_s`` of the outgoing expert, then ``load_s`` of the incoming one (a worker's first load, with nothing
+    resident, costs ``load_s`` only).
     """
 
     load_s: float  # seconds to load the weights and start the engine
@@ -30,9 +35,22 @@ class ModelCost:
     max_batch: int = 256  # engine's max concurrent sequences
     kv_capacity_tokens: int = 1_000_000  # KV-cache tokens that fit next to the weights
     unload_s: float = 0.0  # seconds to free this expert's engine before another expert loads in its place
+    step_compute_base_s: float = 0.0  # second step line (max with the first): fixed seconds per step
+    step_compute_per_seq_s: float = 0.0  # second step line: seconds per sequence in the batch
+    step_compute_per_kv_token_s: float = 0.0  # second step line: seconds per KV-cache token
+
+    @property
+    def has_compute_line(self) -> bool:
+        """Whether the second step line is set (a step is then the max of both)."""
+        return bool(self.step_compute_base_s or self.step_compute_per_seq_s or self.step_compute_per_kv_token_s)
 
     def step_time(self, batch: int, kv_tokens: float) -> float:
-        return self.step_base_s + self.step_per_seq_s * batch + self.step_per_kv_token_s * kv_tokens
+        first = self.step_base_s + self.step_per_seq_s * batch + self.step_per_kv_token_s * kv_tokens
+        if not self.has_compute_line:
+            return first
+        second = (self.step_compute_base_s + self.step_compute_per_seq_s * batch
+                  + self.step_compute_per_kv_token_s * kv_tokens)  # fmt: skip
+        return first if first >= second else second
 
 
 class LengthPredictor(ABC):

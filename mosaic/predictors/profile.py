@@ -12,7 +12,9 @@ File schema (YAML or JSON, chosen by suffix; ``.json`` is JSON, anything else YA
                    unload_s: 1.1}
 
 ``max_batch``, ``kv_capacity_tokens`` and ``unload_s`` (seconds to free the engine before another expert loads in
-its place) may be left out (``ModelCost`` defaults: 256, 1,000,000 and 0). Every bad field raises one
+its place) may be left out (``ModelCost`` defaults: 256, 1,000,000 and 0), and so may the second step line
+``step_compute_base_s``, ``step_compute_per_seq_s``, ``step_compute_per_kv_token_s`` (default 0: a step is priced by
+the first line alone; set, a step takes the larger of the two). Every bad field raises one
 :class:`ProfileError` naming the file and the field's path, e.g.
 ``profile p.yaml: gpu_types.A100-80GB.experts.QwenR1.prefill_tps must be > 0 (got 0)``.
 """
@@ -36,7 +38,8 @@ from mosaic.predictors.interface import ModelCost
 
 PROFILE_VERSION = 1
 _FIELDS = tuple(f.name for f in fields(ModelCost))
-_OPTIONAL = {"max_batch", "kv_capacity_tokens", "unload_s"}
+_COMPUTE_LINE = ("step_compute_base_s", "step_compute_per_seq_s", "step_compute_per_kv_token_s")
+_OPTIONAL = {"max_batch", "kv_capacity_tokens", "unload_s", *_COMPUTE_LINE}
 _INT_FIELDS = {"max_batch", "kv_capacity_tokens"}
 # field -> (lower limit, limit included?)
 _LIMITS: dict[str, tuple[float, bool]] = {
@@ -49,6 +52,7 @@ _LIMITS: dict[str, tuple[float, bool]] = {
     "max_batch": (1, True),
     "kv_capacity_tokens": (1, True),
     "unload_s": (0.0, True),
+    **{name: (0.0, True) for name in _COMPUTE_LINE},
 }
 
 
@@ -116,7 +120,7 @@ class CostProfile:
     # ----------------------------------------------------------------- dict and file IO
     def to_dict(self) -> dict:
         """The file schema as plain data."""
-        gpus = {g: {"experts": {e: {f: getattr(mc, f) for f in _FIELDS} for e, mc in sorted(es.items())}}
+        gpus = {g: {"experts": {e: _entry(mc) for e, mc in sorted(es.items())}}
                 for g, es in sorted(self.table.items())}  # fmt: skip
         out: dict[str, Any] = {"version": PROFILE_VERSION}
         if self.meta:
@@ -178,6 +182,15 @@ class CostProfile:
             Path(tmp).unlink(missing_ok=True)
             raise
         return p
+
+
+_DEFAULTS = {f.name: f.default for f in fields(ModelCost)}
+
+
+def _entry(mc: ModelCost) -> dict[str, Any]:
+    """One expert's fields as the file writes them: every field, except the fields added since version 1 of the
+    schema (the second step line) while they hold their defaults, so older profiles are written as before."""
+    return {f: getattr(mc, f) for f in _FIELDS if f not in _COMPUTE_LINE or getattr(mc, f) != _DEFAULTS[f]}
 
 
 def _mapping(value: Any, where: str, path: str) -> Mapping:

@@ -3,7 +3,7 @@
 The default profile when nothing was measured. Every figure below is an assumption, kept in one place:
 :data:`GPU_SPECS` (vendor datasheet numbers, dense bf16, no sparsity) and :class:`RooflineAssumptions`
 (efficiencies and overheads). Per expert with ``P`` parameters and ``W`` bytes of weights on a GPU with HBM
-bandwidth ``BW`` and peak ``F`` FLOP/s:
+bandwidth ``BW`` and peak ``F`` FLOP/s, with step model ``sum`` (the default):
 
 - ``step_base_s = W / (BW * hbm_efficiency) + step_overhead_s``: every decode step reads all weights once,
   plus the engine's per-step CPU work (scheduling, sampling, kernel launches);
@@ -19,6 +19,22 @@ KV bytes per token come from a GQA-style shape estimate: a dense transformer has
 K and V hold ``d / gqa_group`` values per layer, so ``kv_bytes = 2 * L * (d / gqa_group) * kv_bytes_per_value``
 (8B: ~151 KB/token; Llama-3-8B's true value is 128 KiB). Sanity (8B, A100-80GB): one stream decodes ~59
 tokens/s; a batch of 256 with 256 KV tokens each ~5.9k tokens/s (tests/predictors/test_roofline.py).
+
+**Step model ``max``** (a roofline is a max, not a sum: weight reads and GEMM compute overlap on a GPU; attention
+over the KV cache is a kernel of its own, so its reads add to either). A step is the larger of two lines
+(:class:`~mosaic.predictors.interface.ModelCost`), ``max_overhead_s`` added to both:
+
+- memory: ``W / (BW * hbm_efficiency) + max_seq_share * 2 P / (F * decode_mfu) * b + kv_s * kv``;
+- compute: ``2 P / (F * decode_mfu) * b + kv_s * kv``, with ``kv_s = kv_bytes / (BW * kv_efficiency)``;
+
+and ``kv_bytes`` from the model's architecture where :mod:`mosaic.predictors.architectures` knows it (layers x KV
+heads x head dim x 2 x ``kv_bytes_per_value``), else the estimate above. ``max_seq_share`` is the share of a
+sequence's compute-bound seconds that small-batch GEMMs still cost while weight reads bound the step: fitted with
+``decode_mfu`` to Vidur's measured A100 linear-layer times of Llama-3-8B at batch 1-256 (``python
+experiments/calibration.py --fit`` prints the fit). ``max_overhead_s`` is 0: Vidur, the reference, models no CPU
+overhead by default (``skip_cpu_overhead_modeling = True`` in its ``vidur/config/config.py``) and vLLM V1 overlaps
+scheduling with the GPU (its design goal "near-zero CPU overhead", blog.vllm.ai/2025/01/27/v1-alpha-release.html);
+the sum model's 7 ms was never measured. Set it from a measured engine (``mosaic profile``) where it matters.
 """
 
 from __future__ import annotations
@@ -28,7 +44,8 @@ from dataclasses import asdict, dataclass
 
 from mosaic.core.errors import ProfileError
 from mosaic.core.types import Expert
-from mosaic.predictors.interface import ModelCost
+from mosaic.predictors.architectures import kv_shape
+from mosaic.predictors.interface import STEP_MODELS, ModelCost
 from mosaic.predictors.profile import CostProfile
 
 GB = 1e9  # profiles use decimal gigabytes, like Worker.memory_gb
@@ -70,12 +87,17 @@ class RooflineAssumptions:
     aspect_ratio: float = 128.0  # d_model / layers of the shape estimate
     gqa_group: float = 4.0  # query heads per KV head (Llama-3-8B: 32 / 8)
     kv_bytes_per_value: float = 2.0  # bf16 KV cache
+    max_seq_share: float = 0.49  # step model max: memory line's seconds per sequence / the compute line's (fit)
+    max_overhead_s: float = 0.0  # step model max: per-step CPU overhead (none measured: see the module doc)
 
     def __post_init__(self) -> None:
-        bad = [k for k, v in asdict(self).items() if not v > 0]
+        may_be_zero = {"max_seq_share", "max_overhead_s"}
+        bad = [k for k, v in asdict(self).items() if not (v >= 0 if k in may_be_zero else v > 0)]
         if bad:
-            raise ProfileError(f"roofline assumptions must be > 0: {', '.join(bad)}")
-        for k in ("hbm_efficiency", "kv_efficiency", "decode_mfu", "prefill_mfu", "gpu_memory_utilization"):
+            raise ProfileError(f"roofline assumptions must be > 0: {', '.join(bad)} "
+                               f"({' and '.join(sorted(may_be_zero))} may be 0)")  # fmt: skip
+        for k in ("hbm_efficiency", "kv_efficiency", "decode_mfu", "prefill_mfu", "gpu_memory_utilization",
+                  "max_seq_share"):  # fmt: skip
             if getattr(self, k) > 1:
                 raise ProfileError(f"roofline assumption {k} must be <= 1, got {getattr(self, k)}")
 
@@ -98,13 +120,26 @@ def kv_bytes_per_token(params: float, a: RooflineAssumptions) -> float:
     return 2.0 * layers * (d_model / a.gqa_group) * a.kv_bytes_per_value
 
 
+def expert_kv_bytes(expert: Expert, a: RooflineAssumptions, step_model: str = "sum") -> tuple[float, str]:
+    """KV bytes per token of ``expert`` and where they come from: the architecture (step model ``max``, when the
+    model is known) or the shape estimate (``"estimate"``; always under ``sum``, as before)."""
+    shape = kv_shape(expert) if step_model == "max" else None
+    if shape is None:
+        return kv_bytes_per_token(expert.params_b * 1e9, a), "estimate"
+    return shape.bytes_per_token(a.kv_bytes_per_value), "architecture"
+
+
 def weights_gb(expert: Expert, a: RooflineAssumptions) -> float:
     """GPU memory of the weights: the expert's ``memory_gb`` when set, else ``params * bytes_per_param``."""
     return expert.memory_gb if expert.memory_gb > 0 else expert.params_b * a.bytes_per_param
 
 
-def roofline_cost(expert: Expert, gpu_type: str, max_batch: int, a: RooflineAssumptions) -> ModelCost:
-    """The analytic :class:`ModelCost` of ``expert`` on ``gpu_type``."""
+def roofline_cost(
+    expert: Expert, gpu_type: str, max_batch: int, a: RooflineAssumptions, step_model: str = "sum"
+) -> ModelCost:
+    """The analytic :class:`ModelCost` of ``expert`` on ``gpu_type`` (``step_model``: ``sum`` or ``max``)."""
+    if step_model not in STEP_MODELS:
+        raise ProfileError(f"roofline profile: step model must be one of {', '.join(STEP_MODELS)}, got {step_model!r}")
     if not expert.params_b > 0:
         raise ProfileError(f"roofline profile: expert {expert.name!r} needs params_b > 0, got {expert.params_b}")
     spec = gpu_spec(gpu_type)
@@ -112,7 +147,7 @@ def roofline_cost(expert: Expert, gpu_type: str, max_batch: int, a: RooflineAssu
     w_gb = weights_gb(expert, a)
     bw = spec.hbm_tbps * 1e12
     flops = spec.bf16_tflops * 1e12
-    kv_bytes = kv_bytes_per_token(params, a)
+    kv_bytes, _ = expert_kv_bytes(expert, a, step_model)
     memory_gb = w_gb + a.runtime_overhead_gb
     free_gb = spec.memory_gb * a.gpu_memory_utilization - memory_gb
     if free_gb <= 0:
@@ -120,15 +155,22 @@ def roofline_cost(expert: Expert, gpu_type: str, max_batch: int, a: RooflineAssu
             f"roofline profile: expert {expert.name!r} ({w_gb:.1f} GB weights + {a.runtime_overhead_gb} GB overhead) "
             f"does not fit {gpu_type} ({spec.memory_gb} GB x {a.gpu_memory_utilization})"
         )
+    weights_s = w_gb * GB / (bw * a.hbm_efficiency)
+    seq_s = 2.0 * params / (flops * a.decode_mfu)
+    kv_s = kv_bytes / (bw * a.kv_efficiency)
+    if step_model == "max":
+        ov = a.max_overhead_s
+        step = dict(step_base_s=weights_s + ov, step_per_seq_s=a.max_seq_share * seq_s, step_per_kv_token_s=kv_s,
+                    step_compute_base_s=ov, step_compute_per_seq_s=seq_s, step_compute_per_kv_token_s=kv_s)  # fmt: skip
+    else:
+        step = dict(step_base_s=weights_s + a.step_overhead_s, step_per_seq_s=seq_s, step_per_kv_token_s=kv_s)
     return ModelCost(
         load_s=w_gb / a.load_gbps + a.engine_start_s,
         prefill_tps=flops * a.prefill_mfu / (2.0 * params),
-        step_base_s=w_gb * GB / (bw * a.hbm_efficiency) + a.step_overhead_s,
-        step_per_seq_s=2.0 * params / (flops * a.decode_mfu),
-        step_per_kv_token_s=kv_bytes / (bw * a.kv_efficiency),
         memory_gb=memory_gb,
         max_batch=max_batch,
         kv_capacity_tokens=max(1, int(free_gb * GB / kv_bytes)),
+        **step,
     )
 
 
@@ -137,6 +179,7 @@ def roofline_profile(
     gpu_types: Sequence[str],
     max_batch: int,
     assumptions: RooflineAssumptions | None = None,
+    step_model: str = "sum",
 ) -> CostProfile:
     """Analytic profile of every expert (duplicates by name once) on every GPU type."""
     if isinstance(max_batch, bool) or not isinstance(max_batch, int) or max_batch < 1:
@@ -145,7 +188,11 @@ def roofline_profile(
         raise ProfileError("roofline profile: no GPU types given")
     a = assumptions or RooflineAssumptions()
     unique = {e.name: e for e in experts}
-    table = {g: {name: roofline_cost(e, g, max_batch, a) for name, e in unique.items()} for g in gpu_types}
+    table = {g: {name: roofline_cost(e, g, max_batch, a, step_model) for name, e in unique.items()}
+             for g in gpu_types}  # fmt: skip
     meta = {"source": "roofline", "assumptions": asdict(a),
             "gpu_specs": {g: asdict(gpu_spec(g)) for g in gpu_types}}  # fmt: skip
+    if step_model != "sum":  # the sum model's meta stays as before
+        meta["step_model"] = step_model
+        meta["kv_bytes_source"] = {name: expert_kv_bytes(e, a, step_model)[1] for name, e in unique.items()}
     return CostProfile(table, meta)

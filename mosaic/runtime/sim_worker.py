@@ -20,8 +20,10 @@ Timing model (all seconds come from :class:`~mosaic.predictors.interface.ModelCo
 - **Decode.** A step of a batch of ``b`` sequences holding ``kv`` KV tokens takes ``step_time(b, kv)`` and adds
   one token to every sequence (kv grows by ``b``). A request with ``o`` output tokens leaves after ``o`` steps,
   freeing its ``prompt + o`` KV tokens. Between events the batch is fixed, so ``n`` steps from ``kv0`` take
-  ``n * step_time(b, kv0) + step_per_kv_token_s * b * n (n - 1) / 2`` (closed form, no per-step loop). Requests
-  wait for the step boundary at or after their arrival to join a running batch.
+  ``n * step_time(b, kv0) + step_per_kv_token_s * b * n (n - 1) / 2`` (closed form, no per-step loop). With a
+  second step line (``ModelCost.has_compute_line``) a step is the larger of two lines, each linear in the step
+  index, so the steps split at one crossover into two such sums (:func:`split_lines`). Requests wait for the step
+  boundary at or after their arrival to join a running batch.
 
 Each event costs O(log n): a per-worker step counter and a heap of finish steps. ``RequestRecord.start`` is the
 admission time, ``end`` the completion time. The incremental API (``enqueue``, ``next_event_time``, ``step``,
@@ -80,7 +82,41 @@ def steps_to_reach(gap: float, c0: float, h: float) -> int:
     return n
 
 
-_Params = tuple[float, float, float, float, float, int, int, float]
+def split_lines(c1: float, h1: float, c2: float, h2: float) -> tuple[float, float, float, float, int]:
+    """Steps ``j = 0, 1, ...`` costing ``max(c1 + h1 j, c2 + h2 j)``: ``(cA, hA, cB, hB, k)`` with line A the larger
+    for ``j < k`` and line B from ``k`` on (``k = _NEVER``: A stays the larger). Two lines cross at most once."""
+    d0, dd = c2 - c1, h2 - h1
+    if d0 > 0.0 or (d0 == 0.0 and dd > 0.0):  # the second line leads: swap, so that line 1 leads at j = 0
+        c1, h1, c2, h2, d0, dd = c2, h2, c1, h1, -d0, -dd
+    if dd <= 0.0 or -d0 / dd >= _NEVER:
+        return c1, h1, c2, h2, _NEVER
+    k = int(-d0 / dd) + 1  # first j with d0 + dd j > 0; corrected for rounding below
+    while k > 1 and d0 + dd * (k - 1) > 0.0:
+        k -= 1
+    while d0 + dd * k <= 0.0:
+        k += 1
+    return c1, h1, c2, h2, k
+
+
+def split_seconds(n: int, ca: float, ha: float, cb: float, hb: float, k: int) -> float:
+    """Seconds of steps ``0 .. n-1`` of :func:`split_lines`' lines (A before step ``k``, B from it)."""
+    if n <= k:
+        return n * ca + ha * (n * (n - 1) * 0.5)
+    m = n - k
+    return k * ca + ha * (k * (k - 1) * 0.5) + m * (cb + hb * k) + hb * (m * (m - 1) * 0.5)
+
+
+def split_steps_to_reach(gap: float, ca: float, ha: float, cb: float, hb: float, k: int) -> int:
+    """Smallest ``n >= 1`` whose :func:`split_seconds` reach ``gap`` (> 0), as :func:`steps_to_reach` per line."""
+    if k >= _NEVER:
+        return steps_to_reach(gap, ca, ha)
+    first = k * ca + ha * (k * (k - 1) * 0.5)
+    if first >= gap:
+        return steps_to_reach(gap, ca, ha)
+    return k + steps_to_reach(gap - first, cb + hb * k, hb)
+
+
+_Params = tuple[float, float, float, float, float, int, int, float, float, float, float, bool]
 
 
 def _params(mc: ModelCost, expert: str) -> _Params:
@@ -96,14 +132,18 @@ def _params(mc: ModelCost, expert: str) -> _Params:
             ("max_batch >= 1", mc.max_batch >= 1),
             ("kv_capacity_tokens >= 1", mc.kv_capacity_tokens >= 1),
             ("unload_s >= 0", mc.unload_s >= 0),
+            ("step_compute_base_s >= 0", mc.step_compute_base_s >= 0),
+            ("step_compute_per_seq_s >= 0", mc.step_compute_per_seq_s >= 0),
+            ("step_compute_per_kv_token_s >= 0", mc.step_compute_per_kv_token_s >= 0),
         )
         if not ok
     ]
     if bad:
         raise ProfileError(f"cost of expert {expert!r} violates {', '.join(bad)}: {mc}")
     return (float(mc.load_s), float(mc.prefill_tps), float(mc.step_base_s), float(mc.step_per_seq_s),
-            float(mc.step_per_kv_token_s), int(mc.max_batch), int(mc.kv_capacity_tokens),
-            float(mc.unload_s))  # fmt: skip
+            float(mc.step_per_kv_token_s), int(mc.max_batch), int(mc.kv_capacity_tokens), float(mc.unload_s),
+            float(mc.step_compute_base_s), float(mc.step_compute_per_seq_s), float(mc.step_compute_per_kv_token_s),
+            mc.has_compute_line)  # fmt: skip
 
 
 # every attribute of a WorkerSim (``WorkerSim.copy``; a test checks that the list is complete)
@@ -195,7 +235,7 @@ class WorkerSim:
 
     def cost(self, expert: str) -> _Params:
         """(load_s, prefill_tps, step_base_s, step_per_seq_s, step_per_kv_token_s, max_batch, kv_capacity,
-        unload_s)."""
+        unload_s, step_compute_base_s, step_compute_per_seq_s, step_compute_per_kv_token_s, has_compute_line)."""
         p = self._cache.get(expert)
         if p is None:
             p = self._cache[expert] = _params(self._cost_of(expert), expert)
@@ -323,10 +363,12 @@ class WorkerSim:
         t, s, kv, reserved, seq = self.clock, self._step, self._kv, self._reserved, self._seq
         busy, loading, last_end, done = self.busy_s, self.loading_s, self.last_end, 0
         resident, prefill_s = self.resident, self._prefill_s
-        tps = base = per_seq = per_kv = unload = 0.0  # unload: seconds to free the resident expert
+        tps = base = per_seq = per_kv = unload = cbase = cseq = ckv = 0.0  # unload: seconds to free the resident
         mb = kvcap = 0
+        two = False  # the resident's step has a second line (max of two)
         if resident is not None:
-            _, tps, base, per_seq, per_kv, mb, kvcap, unload = self._cache.get(resident) or self.cost(resident)
+            p = self._cache.get(resident) or self.cost(resident)
+            _, tps, base, per_seq, per_kv, mb, kvcap, unload, cbase, cseq, ckv, two = p
         events = 0
         nxt = _INF
         while True:
@@ -348,7 +390,7 @@ class WorkerSim:
                         loading += end - t
                         t = end
                         resident = head[2]
-                        _, tps, base, per_seq, per_kv, mb, kvcap, unload = nl
+                        _, tps, base, per_seq, per_kv, mb, kvcap, unload, cbase, cseq, ckv, two = nl
                         events += 1
                         continue
                 elif b < mb and (not b or reserved + head[3] + head[4] <= kvcap):
@@ -383,9 +425,15 @@ class WorkerSim:
             c0 = base + per_seq * b + per_kv * kv
             h = per_kv * b
             n = heap[0][0] - s
-            if wait_arrival < _INF:
-                n = min(n, steps_to_reach(wait_arrival - ARRIVAL_EPS - t, c0, h))
-            end = t + n * c0 + h * (n * (n - 1) * 0.5)
+            if two:  # max of two lines: one crossover splits the steps into two sums
+                ca, ha, cb, hb, k = split_lines(c0, h, cbase + cseq * b + ckv * kv, ckv * b)
+                if wait_arrival < _INF:
+                    n = min(n, split_steps_to_reach(wait_arrival - ARRIVAL_EPS - t, ca, ha, cb, hb, k))
+                end = t + split_seconds(n, ca, ha, cb, hb, k)
+            else:
+                if wait_arrival < _INF:
+                    n = min(n, steps_to_reach(wait_arrival - ARRIVAL_EPS - t, c0, h))
+                end = t + n * c0 + h * (n * (n - 1) * 0.5)
             if end > limit:
                 nxt = end
                 break

@@ -105,3 +105,46 @@ def test_errors_for_bad_inputs() -> None:
         RooflineAssumptions(hbm_efficiency=0.0)
     with pytest.raises(ProfileError, match="decode_mfu must be <= 1"):
         replace(A, decode_mfu=1.5)
+
+
+def llama3() -> Expert:
+    return Expert("llama3", "meta-llama/Meta-Llama-3-8B", 8.03, ExpertKind.INSTRUCT, 16.06)
+
+
+def test_max_model_is_the_larger_of_memory_and_compute_lines() -> None:
+    mc = roofline_cost(llama3(), "A100-80GB", 256, A, "max")
+    spec = GPU_SPECS["A100-80GB"]
+    bw, flops = spec.hbm_tbps * 1e12, spec.bf16_tflops * 1e12
+    weights, seq = 16.06e9 / (bw * A.hbm_efficiency), 2 * 8.03e9 / (flops * A.decode_mfu)
+    kv = 32 * 8 * 128 * 2 * 2 / (bw * A.kv_efficiency)  # Llama-3-8B's 128 KiB per token, from its architecture
+    assert (mc.step_base_s, mc.step_per_seq_s, mc.step_per_kv_token_s) == pytest.approx(
+        (weights + A.max_overhead_s, A.max_seq_share * seq, kv)
+    )
+    assert (mc.step_compute_base_s, mc.step_compute_per_seq_s, mc.step_compute_per_kv_token_s) == pytest.approx(
+        (A.max_overhead_s, seq, kv)
+    )
+    assert mc.step_time(1, 1000) == pytest.approx(weights + A.max_seq_share * seq + 1000 * kv)  # memory-bound
+    assert mc.step_time(256, 1000) == pytest.approx(256 * seq + 1000 * kv)  # compute-bound
+    assert mc.kv_capacity_tokens == int((80 * 0.9 - mc.memory_gb) * 1e9 / 131_072)
+    summed = roofline_cost(llama3(), "A100-80GB", 256, A)  # the sum model: today's figures, estimated KV
+    assert summed == roofline_cost(expert("llama3", 8.03, 16.06), "A100-80GB", 256, A)
+    assert not summed.has_compute_line and mc.has_compute_line
+
+
+def test_max_model_takes_kv_bytes_from_the_architecture_when_known() -> None:
+    p = roofline_profile([llama3(), expert("unknown", 8.03, 16.06)], ["A100-80GB"], 256, step_model="max")
+    assert p.meta["step_model"] == "max"
+    assert p.meta["kv_bytes_source"] == {"llama3": "architecture", "unknown": "estimate"}
+    known, guessed = p.get("llama3", "A100-80GB"), p.get("unknown", "A100-80GB")
+    assert guessed.step_per_kv_token_s / known.step_per_kv_token_s == pytest.approx(kv_bytes_per_token(8.03e9, A)
+                                                                                    / 131_072)  # fmt: skip
+    assert "step_model" not in roofline_profile([llama3()], ["A100-80GB"], 256).meta  # sum: the meta as before
+    assert CostProfile.from_dict(p.to_dict()) == p  # the second line round-trips through the file schema
+
+
+def test_bad_step_model_and_max_assumptions_are_errors() -> None:
+    with pytest.raises(ProfileError, match="step model must be one of sum, max, got 'min'"):
+        roofline_profile([llama3()], ["A100-80GB"], 256, step_model="min")
+    with pytest.raises(ProfileError, match="max_seq_share must be <= 1"):
+        RooflineAssumptions(max_seq_share=1.5)
+    assert RooflineAssumptions(max_seq_share=0.0, max_overhead_s=0.0).max_overhead_s == 0.0

@@ -24,8 +24,9 @@ GPU = "test-gpu"
 
 
 def mcost(load_s=5.0, prefill_tps=1000.0, base=0.02, per_seq=0.001, per_kv=1e-6, max_batch=256, kv_cap=1_000_000,
-          unload_s=0.0):  # fmt: skip
-    return ModelCost(load_s, prefill_tps, base, per_seq, per_kv, 16.0, max_batch, kv_cap, unload_s)
+          unload_s=0.0, cbase=0.0, cseq=0.0, ckv=0.0):  # fmt: skip
+    """A ModelCost; ``cbase, cseq, ckv``: the second step line (a step is then the max of both)."""
+    return ModelCost(load_s, prefill_tps, base, per_seq, per_kv, 16.0, max_batch, kv_cap, unload_s, cbase, cseq, ckv)
 
 
 class TableCosts(CostModel):
@@ -169,6 +170,12 @@ def brute_force(
     return done, loads
 
 
+def _compute_line(draw: st.DrawFn) -> dict[str, float]:
+    """A second step line that crosses the first inside a run: cheaper at small batch or KV, dearer beyond."""
+    return {"cbase": draw(st.floats(0.0, 0.03)), "cseq": draw(st.floats(0.0, 0.02)),
+            "ckv": draw(st.sampled_from([0.0, 1e-5, 3e-4, 1e-3]))}  # fmt: skip
+
+
 @st.composite
 def worker_cases(draw: st.DrawFn, max_requests: int = 12) -> tuple:
     """(items, cost table, resident) for one worker: random limits, lengths, arrivals, experts."""
@@ -183,6 +190,7 @@ def worker_cases(draw: st.DrawFn, max_requests: int = 12) -> tuple:
             max_batch=draw(st.integers(1, 6)),
             kv_cap=draw(st.integers(5, 400)),
             unload_s=draw(st.sampled_from([0.0, 0.0, 0.7, 1.3])),
+            **(_compute_line(draw) if draw(st.booleans()) else {}),
         )
         for e in names
     }

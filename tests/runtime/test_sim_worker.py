@@ -10,7 +10,16 @@ from hypothesis import strategies as st
 
 from mosaic.core.errors import ProfileError
 from mosaic.core.trace import LoadRecord, RequestRecord
-from mosaic.runtime.sim_worker import _WORKER_STATE, SimRequest, WorkerSim, discard, steps_to_reach
+from mosaic.runtime.sim_worker import (
+    _WORKER_STATE,
+    SimRequest,
+    WorkerSim,
+    discard,
+    split_lines,
+    split_seconds,
+    split_steps_to_reach,
+    steps_to_reach,
+)
 
 
 def _worker(table, resident=None, start=0.0):
@@ -46,6 +55,34 @@ def test_single_request_is_prefill_plus_closed_form_decode(rt):
     assert rec.end - rec.start == pytest.approx(prompt / 400.0 + loop, rel=1e-12)
     assert closed == pytest.approx(loop, rel=1e-12)
     assert sim.busy_s == pytest.approx(rec.end - rec.start) and sim.loading_s == 7.0
+
+
+def test_step_is_the_max_of_two_lines_with_a_crossover(rt):
+    """One request, memory line 10 ms + 1 us/KV token, compute line 2 ms + 5 us/KV token: the compute line takes
+    over once the KV holds more than 2000 tokens (step j holds 1990 + j), so steps 0-10 cost the first line and
+    steps 11-19 the second, summed by hand."""
+    mc = rt.mcost(prefill_tps=1e12, base=0.010, per_seq=0.0, per_kv=1e-6, cbase=0.002, cseq=0.0, ckv=5e-6)
+    sim = _worker({"a": mc}, resident="a")
+    sim.enqueue([SimRequest(0, 0, "a", 1990, 20, 0.0)])
+    sim.run_until_idle()
+    memory = sum(0.010 + 1e-6 * (1990 + j) for j in range(11))  # j <= 10: 1990 + j <= 2000 (a tie at 2000)
+    compute = sum(0.002 + 5e-6 * (1990 + j) for j in range(11, 20))
+    assert sim.records[0].end == pytest.approx(1990 / 1e12 + memory + compute, rel=1e-12)
+    assert mc.step_time(1, 2001) == pytest.approx(0.002 + 5e-6 * 2001) and mc.step_time(1, 1999) == 0.010 + 1e-6 * 1999
+
+
+@settings(max_examples=300, deadline=None)
+@given(c1=st.floats(0.0, 1.0), h1=st.sampled_from([0.0, 1e-6, 1e-3, 0.5]), c2=st.floats(0.0, 1.0),
+       h2=st.sampled_from([0.0, 2e-6, 3e-3, 0.7]), n=st.integers(1, 400), gap=st.floats(1e-6, 50.0))  # fmt: skip
+def test_split_lines_equal_a_per_step_max(c1, h1, c2, h2, n, gap):
+    ca, ha, cb, hb, k = split_lines(c1, h1, c2, h2)
+    steps = [max(c1 + h1 * j, c2 + h2 * j) for j in range(n)]
+    assert split_seconds(n, ca, ha, cb, hb, k) == pytest.approx(sum(steps), rel=1e-9, abs=1e-12)
+    m = split_steps_to_reach(gap, ca, ha, cb, hb, k)
+    if m <= n:  # the smallest step count whose seconds reach the gap
+        assert sum(steps[:m]) >= gap * (1 - 1e-9) and (m == 1 or sum(steps[: m - 1]) < gap * (1 + 1e-9))
+    else:
+        assert sum(steps) < gap * (1 + 1e-9)
 
 
 def test_batch_shares_steps(rt):
