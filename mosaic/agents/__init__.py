@@ -19,6 +19,7 @@ from mosaic.agents.ilp_scheduler import MosaicIlpFixedScheduler, MosaicIlpSchedu
 from mosaic.agents.interface import Scheduler
 from mosaic.agents.online import GreedyOnline, GreedyOnlineScheduler
 from mosaic.agents.registry import SCHEDULERS, make_scheduler
+from mosaic.agents.replanning import Replanning, ReplanningScheduler
 from mosaic.agents.rl import RLRescheduleScheduler, load_agent, rl_threshold_policy  # torch/SB3 imported lazily
 from mosaic.agents.round_robin import RoundRobinScheduler
 from mosaic.agents.sequential import SequentialScheduler
@@ -34,6 +35,8 @@ __all__ = [
     "MosaicIlpFixedScheduler",
     "MosaicIlpScheduler",
     "RLRescheduleScheduler",
+    "Replanning",
+    "ReplanningScheduler",
     "RoundRobinScheduler",
     "Scheduler",
     "SequentialScheduler",

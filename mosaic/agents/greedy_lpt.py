@@ -42,18 +42,19 @@ def _switch_costs(
 
 def _assign(
     cost: np.ndarray, expert_of: list[int], switch: tuple[np.ndarray, np.ndarray, np.ndarray], new: np.ndarray,
-    rank: list[int],
+    rank: list[int], start: np.ndarray | None = None,
 ) -> tuple[list[int], float]:  # fmt: skip
     """Place requests in ``rank`` order, each on the worker (column) where it finishes first; ties -> lowest.
 
     ``new`` (experts x workers, True where the worker does not serve the expert yet) is consumed: a worker
     pays an expert's load once, plus the teardown of the expert it last loaded (or of its resident), which
     is exactly what the worker's final order (resident first, then experts in order of first assignment)
-    frees before that load. Returns the column of every request and the greedy's own makespan estimate.
+    frees before that load. ``start``: when each worker is free (default 0). Returns the column of every request
+    and the greedy's own makespan estimate.
     """
     load, unload, held = switch
     pending = np.where(new, load + held, 0.0)  # what serving each expert would add on each worker now
-    finish = np.zeros(cost.shape[1])
+    finish = np.zeros(cost.shape[1]) if start is None else np.array(start, dtype=float)
     where = [0] * len(expert_of)
     for i in rank:
         e = expert_of[i]
@@ -72,8 +73,10 @@ def greedy_lpt_order(
     costs: CostModel,
     cluster: Cluster,
     resident: Mapping[int, str | None] | None = None,
+    available: Mapping[int, float] | None = None,
 ) -> tuple[dict[int, list[int]], float]:
     """Worker id -> request ids in execution order, and the greedy's own makespan estimate (seconds).
+    ``available``: seconds until each worker is free of the work it has already (default: free now).
 
     Requests sorted by predicted seconds at max batch (cheapest GPU type) descending, ties by request id;
     each goes to the worker minimising its finish time = worker's time + its cost there + the expert's
@@ -94,7 +97,8 @@ def greedy_lpt_order(
     ids = list(order)
     rank = np.argsort(-cost.min(axis=1), kind="stable").tolist()
     new = np.array([[res.get(w) != e for w in ids] for e in experts]).reshape(-1, len(ids))
-    where, estimate = _assign(cost, expert_of, _switch_costs(experts, costs, cluster, res), new, rank)
+    start = None if available is None else np.array([float(available.get(w, 0.0)) for w in ids])
+    where, estimate = _assign(cost, expert_of, _switch_costs(experts, costs, cluster, res), new, rank, start)
     per_worker: list[dict[str, list[int]]] = [{} for _ in ids]
     for i in rank:
         per_worker[where[i]].setdefault(experts[expert_of[i]], []).append(i)
@@ -123,7 +127,9 @@ class GreedyLPTScheduler(Scheduler):
         cluster: Cluster,
         rng: np.random.Generator,
         resident: Mapping[int, str | None] | None = None,
+        available: Mapping[int, float] | None = None,
     ) -> Plan:
-        order, estimate = greedy_lpt_order(workload, costs, cluster, resident)
+        """``available``: seconds until each worker is free of work it already has (a re-plan at run time)."""
+        order, estimate = greedy_lpt_order(workload, costs, cluster, resident, available)
         stats = {"greedy_estimate_s": estimate}
         return plan_with_estimates(self.name, workload, costs, cluster, order, resident, stats)

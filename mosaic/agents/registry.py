@@ -17,8 +17,10 @@ def scheduler_options(cls: type) -> set[str]:
     """Keyword options a scheduler class accepts (following ``**kwargs`` its ``__init__`` forwards to a base
     class; a scheduler that ``wraps`` another takes that one's options)."""
     wrapped = getattr(cls, "wraps", None)
-    if isinstance(wrapped, type):
-        return scheduler_options(wrapped)
+    if isinstance(wrapped, type):  # the wrapped scheduler's options and the wrapper's own
+        params = list(inspect.signature(cls.__init__).parameters.values())[1:]
+        return scheduler_options(wrapped) | {p.name for p in params if p.kind in (p.POSITIONAL_OR_KEYWORD,
+                                                                                  p.KEYWORD_ONLY)}  # fmt: skip
     names: set[str] = set()
     for klass in cls.__mro__[:-1]:  # object.__init__ takes nothing
         init = klass.__dict__.get("__init__")
