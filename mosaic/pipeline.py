@@ -6,7 +6,7 @@ Executor on the configured backend, writing its trace; ``compare`` runs several 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,15 +25,20 @@ from mosaic.predictors.interface import CostModel
 from mosaic.report.metrics import (
     RunMetrics,
     aggregation_summary,
+    answer_times,
     count_loads,
     latency_summary,
     query_latencies,
+    slo_attainment,
+    throughput,
+    utilisation,
     worker_usage,
 )
 from mosaic.runtime.aggregation import AggregationPolicy
 from mosaic.runtime.executor import Executor, RunResult, aggregation_workload
 from mosaic.runtime.interface import Backend
 from mosaic.runtime.registry import BACKENDS
+from mosaic.runtime.slo import idle_latencies
 from mosaic.workloads import build_workload, expert_means
 
 ProgressFn = Callable[[str], None]
@@ -184,7 +189,8 @@ def run_scheduler(
     # the always-aggregate accuracy is known only where the responses are what the backend replays (the simulator)
     always = always_accuracy(exp.workload, exp.responses) if cfg.runtime.backend == "sim" else None
     arrivals = None if resume else [q.arrival for q in exp.workload.queries]  # a resumed run spans two clocks
-    metrics = metrics_of(planned.name, result, (*prior, *records), exp.cluster, always, records, arrivals)
+    idle = idle_latencies(records, exp.costs, exp.cluster) if arrivals is not None else None
+    metrics = metrics_of(planned.name, result, (*prior, *records), exp.cluster, always, records, arrivals, idle)
     return SchedulerRun(planned.name, result, records, metrics, trace_path)
 
 
@@ -203,11 +209,14 @@ def metrics_of(
     accuracy_always: float | None = None,
     session: Sequence[Record] | None = None,
     arrivals: Sequence[float] | None = None,
+    idle: Mapping[int, float] | None = None,
 ) -> RunMetrics:
     """Metrics of one finished run (``accuracy_always``: the always-aggregate accuracy, for the pp delta).
     ``records``: the whole trace; ``session``: those on ``result``'s clock (a resumed run's new records; default:
-    all), which the worker usage is measured on; ``arrivals``: each query's arrival, for per-query latencies."""
+    all), which the worker usage is measured on; ``arrivals``: each query's arrival, for per-query latencies,
+    throughput and utilisation; ``idle``: each query's latency on an idle cluster, for SLO attainment."""
     ex, agg = result.expert, result.aggregation
+    done = answer_times(records) if arrivals is not None else {}
     aggregated, skip_rate, accuracy = aggregation_summary(records)
     plan = result.expert_plan
     return RunMetrics(
@@ -226,6 +235,9 @@ def metrics_of(
         stats=dict(plan.stats),
         accuracy_always=accuracy_always,
         latency=latency_summary(query_latencies(records, arrivals)) if arrivals is not None else {},
+        slo=slo_attainment(done, arrivals, idle) if arrivals is not None and idle else {},
+        throughput=throughput(done, arrivals) if arrivals is not None else None,
+        utilisation=utilisation(records, cluster.ids, ex.start, agg.end) if arrivals is not None else {},
     )
 
 

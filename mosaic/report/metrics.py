@@ -39,6 +39,10 @@ class RunMetrics:
     accuracy_always: float | None = None  # accuracy had every query gone to the aggregator (when known)
     stats: Mapping[str, float | int | str] = field(default_factory=dict)  # the scheduler's own figures
     latency: Mapping[str, float] = field(default_factory=dict)  # per-query latency: mean, p50, p90, p99 (seconds)
+    slo: Mapping[str, float] = field(default_factory=dict)  # "5x"/"10x" -> share of queries within that many
+    # times their latency on an idle cluster
+    throughput: float | None = None  # queries answered per second, first arrival to last answer
+    utilisation: Mapping[int, float] = field(default_factory=dict)  # worker -> share of the run serving requests
 
     @property
     def gap(self) -> float:
@@ -69,6 +73,8 @@ class RunMetrics:
         d["workers"] = {str(w): asdict(u) for w, u in self.workers.items()}
         d["stats"] = dict(self.stats)
         d["latency"] = dict(self.latency)
+        d["slo"] = dict(self.slo)
+        d["utilisation"] = {str(w): u for w, u in self.utilisation.items()}
         d["gap"] = self.gap
         d["plan_gap"] = self.plan_gap if math.isfinite(self.plan_gap) else None
         if not math.isfinite(self.predicted_makespan):  # a scheduler that plans nothing ahead predicts nothing
@@ -113,8 +119,14 @@ def worker_usage(
 
 
 def query_latencies(records: Iterable[Record], arrivals: Sequence[float]) -> np.ndarray:
-    """Seconds from each query's arrival to its final answer: its aggregator request's end, or its last expert's
-    when the aggregator was skipped (queries with no answer yet are left out)."""
+    """Seconds from each query's arrival to its final answer, in query order (see :func:`answer_times`)."""
+    done = answer_times(records)
+    return np.array([done[q] - arrivals[q] for q in sorted(done)], dtype=float)
+
+
+def answer_times(records: Iterable[Record]) -> dict[int, float]:
+    """Query id -> when its final answer came: its aggregator request's end, or its last expert's when the
+    aggregator was skipped (queries with no answer yet are left out)."""
     expert_end: dict[int, float] = {}
     agg_end: dict[int, float] = {}
     skipped: set[int] = set()
@@ -124,8 +136,39 @@ def query_latencies(records: Iterable[Record], arrivals: Sequence[float]) -> np.
             ends[r.query_id] = max(ends.get(r.query_id, r.end), r.end)
         elif isinstance(r, AggregationRecord) and r.skipped:
             skipped.add(r.query_id)
-    done = {q: expert_end[q] for q in skipped if q in expert_end} | agg_end
-    return np.array([done[q] - arrivals[q] for q in sorted(done)], dtype=float)
+    return {q: expert_end[q] for q in skipped if q in expert_end} | agg_end
+
+
+SLO_FACTORS = (5.0, 10.0)  # an SLO: latency <= factor x the query's latency on an idle cluster
+
+
+def slo_attainment(done: Mapping[int, float], arrivals: Sequence[float], idle: Mapping[int, float],
+                   factors: Sequence[float] = SLO_FACTORS) -> dict[str, float]:  # fmt: skip
+    """Factor (as ``"5x"``) -> share of the answered queries whose latency is within ``factor`` x ``idle[q]``."""
+    qs = [q for q in done if q in idle]
+    if not qs:
+        return {}
+    lat = np.array([done[q] - arrivals[q] for q in qs])
+    ref = np.array([idle[q] for q in qs])
+    return {f"{f:g}x": float(np.mean(lat <= f * ref + 1e-9)) for f in factors}
+
+
+def throughput(done: Mapping[int, float], arrivals: Sequence[float]) -> float | None:
+    """Queries answered per second, from the first arrival to the last answer."""
+    if not done:
+        return None
+    span = max(done.values()) - min(arrivals[q] for q in done)
+    return len(done) / span if span > 0 else None
+
+
+def utilisation(records: Iterable[Record], worker_ids: Sequence[int], start: float, end: float) -> dict[int, float]:
+    """Worker -> share of ``start``..``end`` with at least one request running (both stages)."""
+    busy: dict[int, list[tuple[float, float]]] = {w: [] for w in worker_ids}
+    for r in records:
+        if isinstance(r, RequestRecord):
+            busy.setdefault(r.worker, []).append((r.start, r.end))
+    span = end - start
+    return {w: _union_length(iv) / span if span > 0 else 0.0 for w, iv in sorted(busy.items())}
 
 
 def latency_summary(latencies: np.ndarray) -> dict[str, float]:

@@ -14,7 +14,7 @@ from rich.console import Console
 
 from mosaic.core.config import RunConfig, config_to_dict
 from mosaic.report.gantt import plot_gantt
-from mosaic.report.table import COLUMNS, comparison_table, paper_line, rows
+from mosaic.report.table import COLUMNS, comparison_table, latency_table, paper_line, rows
 from mosaic.report.tracking import Tracker
 
 
@@ -75,6 +75,11 @@ def write_report(
     metrics = [r.metrics for r in runs]
     table = comparison_table(metrics, cfg.baseline, title)
     console.print(table)
+    online = cfg.workload.arrival_rate is not None
+    latency = latency_table(metrics, f"{title}: latency ({cfg.workload.arrival_process} arrivals, "
+                            f"{cfg.workload.arrival_rate} queries/s)") if online else None  # fmt: skip
+    if latency is not None:
+        console.print(latency)
     paper = paper_line(cfg.workload.preset)
     if paper:
         console.print(f"[dim]{paper}[/dim]")
@@ -82,6 +87,8 @@ def write_report(
     table_path = out_dir / "table.txt"
     with table_path.open("w", encoding="utf-8") as fh:
         Console(file=fh, width=200, color_system=None).print(table)
+        if latency is not None:
+            Console(file=fh, width=200, color_system=None).print(latency)
         if paper:
             fh.write(paper + "\n")
     metrics_path = out_dir / "metrics.json"
@@ -103,6 +110,10 @@ def _track(cfg: RunConfig, runs: Sequence, out_dir: Path, title: str, gantt: Pat
             d.pop("workers")
             d.pop("stats")
             d.update({f"latency_{k}": v for k, v in d.pop("latency").items()})
+            d.update({f"slo_{k}": v for k, v in d.pop("slo").items()})
+            util = list(d.pop("utilisation").values())
+            if util:
+                d["utilisation_mean"] = sum(util) / len(util)
             tracker.log_metrics(d, prefix=f"{r.name}/")
             if r.trace_path and r.trace_path.exists():
                 tracker.log_file(f"trace-{r.name}", r.trace_path)

@@ -66,6 +66,38 @@ def comparison_table(metrics: Sequence[RunMetrics], baseline: str, title: str = 
     return table
 
 
+LATENCY_COLUMNS = ("scheduler", "mean s", "p50 s", "p90 s", "p99 s", "SLO 5x %", "SLO 10x %", "queries/s", "util %")
+
+
+def latency_rows(metrics: Sequence[RunMetrics]) -> list[list[str]]:
+    """Per-query latency, SLO attainment, throughput and mean worker utilisation of each run."""
+    out = []
+    for m in metrics:
+        lat, util = m.latency, list(m.utilisation.values())
+        out.append([
+            m.scheduler,
+            *(f"{lat[k]:,.1f}" if k in lat else "-" for k in ("mean", "p50", "p90", "p99")),
+            *(_pct(m.slo.get(k)) for k in ("5x", "10x")),
+            f"{m.throughput:.3f}" if m.throughput is not None else "-",
+            _pct(sum(util) / len(util) if util else None),
+        ])  # fmt: skip
+    return out
+
+
+def latency_table(metrics: Sequence[RunMetrics], title: str = "") -> Table:
+    """A rich table of :func:`latency_rows`."""
+    table = Table(
+        title=title or None,
+        caption="latency: query arrival to final answer; SLO Nx: share of queries "
+        "within N x their latency on an idle cluster; util: share of the run a worker serves requests",
+    )
+    for i, c in enumerate(LATENCY_COLUMNS):
+        table.add_column(c, justify="left" if i == 0 else "right", no_wrap=True)
+    for r in latency_rows(metrics):
+        table.add_row(*r)
+    return table
+
+
 def paper_line(preset: str) -> str | None:
     """The paper's published speedups for a preset, for printing beside ours."""
     f = PAPER_FIGURES.get(preset)

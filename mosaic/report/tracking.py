@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,11 @@ class Tracker:
             self.run.log({key: self._wandb.Image(str(path))})
 
     def log_file(self, name: str, path: str | Path, kind: str = "trace") -> None:
-        """Store a file (a trace, a plan) as a W&B artifact."""
+        """Store a file (a trace, a plan) as a W&B artifact (characters W&B refuses in a name, such as the ``+`` of
+        ``mosaic-ilp+steal``, become ``-``)."""
         if self.run is None:
             return
-        art = self._wandb.Artifact(name, type=kind)
+        art = self._wandb.Artifact(re.sub(r"[^A-Za-z0-9_.-]", "-", name), type=kind)
         art.add_file(str(path))
         self.run.log_artifact(art)
 

@@ -99,6 +99,7 @@ def test_tracker_offline_writes_a_run_directory(tmp_path):
     png = plot_gantt({"a": RECORDS}, [0, 1], tmp_path / "g.png")
     t.log_image("gantt", png)
     t.log_file("trace", png, kind="plot")
+    t.log_file("trace-mosaic-ilp+steal", png)  # a scheduler name W&B would refuse as is
     directory = t.directory
     t.finish()
     assert directory is not None and directory.name.startswith("offline-run-")
