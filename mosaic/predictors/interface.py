@@ -11,6 +11,7 @@ import numpy as np
 from mosaic.core.types import Request, Workload
 
 STEP_MODELS = ("sum", "max")  # how an analytic profile prices a decode step (see mosaic.predictors.roofline)
+MEMORY_MODES = ("reserve", "paged")  # how a simulated engine holds KV cache (see mosaic.runtime.sim_worker)
 
 
 @dataclass(frozen=True, slots=True)
@@ -21,9 +22,11 @@ class ModelCost:
     ``step_base_s + step_per_seq_s * b + step_per_kv_token_s * kv`` (the first, e.g. memory time) and
     ``step_compute_base_s + step_compute_per_seq_s * b + step_compute_per_kv_token_s * kv`` (the second, e.g.
     compute time). The second line defaults to 0, so a profile that does not set it prices a step by the first
-    line alone (the sum model of earlier profiles). A load that replaces a resident expert first frees it:
-    ``unload_s`` of the outgoing expert, then ``load_s`` of the incoming one (a worker's first load, with nothing
-    resident, costs ``load_s`` only).
+    line alone (the sum model of earlier profiles). ``memory_mode`` says how the engine holds KV cache:
+    ``reserve`` (a request's whole prompt + output up front) or ``paged`` (blocks of ``kv_block_tokens`` as tokens
+    are generated, preempting by recompute when they run out, as vLLM). A load that replaces a resident expert
+    first frees it: ``unload_s`` of the outgoing expert, then ``load_s`` of the incoming one (a worker's first load,
+    with nothing resident, costs ``load_s`` only).
     """
 
     load_s: float  # seconds to load the weights and start the engine
@@ -38,6 +41,8 @@ class ModelCost:
     step_compute_base_s: float = 0.0  # second step line (max with the first): fixed seconds per step
     step_compute_per_seq_s: float = 0.0  # second step line: seconds per sequence in the batch
     step_compute_per_kv_token_s: float = 0.0  # second step line: seconds per KV-cache token
+    kv_block_tokens: int = 16  # paged KV: tokens per block (vLLM's default block size)
+    memory_mode: str = "reserve"  # "reserve" | "paged" (MEMORY_MODES)
 
     @property
     def has_compute_line(self) -> bool:

@@ -14,7 +14,8 @@ File schema (YAML or JSON, chosen by suffix; ``.json`` is JSON, anything else YA
 ``max_batch``, ``kv_capacity_tokens`` and ``unload_s`` (seconds to free the engine before another expert loads in
 its place) may be left out (``ModelCost`` defaults: 256, 1,000,000 and 0), and so may the second step line
 ``step_compute_base_s``, ``step_compute_per_seq_s``, ``step_compute_per_kv_token_s`` (default 0: a step is priced by
-the first line alone; set, a step takes the larger of the two). Every bad field raises one
+the first line alone; set, a step takes the larger of the two), ``kv_block_tokens`` (16) and ``memory_mode``
+(``reserve`` | ``paged``, default ``reserve``). Every bad field raises one
 :class:`ProfileError` naming the file and the field's path, e.g.
 ``profile p.yaml: gpu_types.A100-80GB.experts.QwenR1.prefill_tps must be > 0 (got 0)``.
 """
@@ -34,13 +35,14 @@ from typing import Any
 import yaml
 
 from mosaic.core.errors import ProfileError
-from mosaic.predictors.interface import ModelCost
+from mosaic.predictors.interface import MEMORY_MODES, ModelCost
 
 PROFILE_VERSION = 1
 _FIELDS = tuple(f.name for f in fields(ModelCost))
 _COMPUTE_LINE = ("step_compute_base_s", "step_compute_per_seq_s", "step_compute_per_kv_token_s")
-_OPTIONAL = {"max_batch", "kv_capacity_tokens", "unload_s", *_COMPUTE_LINE}
-_INT_FIELDS = {"max_batch", "kv_capacity_tokens"}
+_ADDED = (*_COMPUTE_LINE, "kv_block_tokens", "memory_mode")  # written only when not at their defaults
+_OPTIONAL = {"max_batch", "kv_capacity_tokens", "unload_s", *_ADDED}
+_INT_FIELDS = {"max_batch", "kv_capacity_tokens", "kv_block_tokens"}
 # field -> (lower limit, limit included?)
 _LIMITS: dict[str, tuple[float, bool]] = {
     "load_s": (0.0, True),
@@ -53,6 +55,7 @@ _LIMITS: dict[str, tuple[float, bool]] = {
     "kv_capacity_tokens": (1, True),
     "unload_s": (0.0, True),
     **{name: (0.0, True) for name in _COMPUTE_LINE},
+    "kv_block_tokens": (1, True),
 }
 
 
@@ -116,6 +119,12 @@ class CostProfile:
             return replace(mc, max_batch=min(mc.max_batch, n) if cap else n)
 
         return CostProfile({g: {e: new(mc) for e, mc in es.items()} for g, es in self.table.items()}, self.meta)
+
+    def with_memory_mode(self, mode: str) -> CostProfile:
+        """Every entry's ``memory_mode`` set to ``mode`` (``reserve`` | ``paged``)."""
+        mode = memory_mode(mode, "memory_mode")
+        table = {g: {e: replace(mc, memory_mode=mode) for e, mc in es.items()} for g, es in self.table.items()}
+        return CostProfile(table, {**self.meta, "memory_mode": mode})
 
     # ----------------------------------------------------------------- dict and file IO
     def to_dict(self) -> dict:
@@ -189,8 +198,16 @@ _DEFAULTS = {f.name: f.default for f in fields(ModelCost)}
 
 def _entry(mc: ModelCost) -> dict[str, Any]:
     """One expert's fields as the file writes them: every field, except the fields added since version 1 of the
-    schema (the second step line) while they hold their defaults, so older profiles are written as before."""
-    return {f: getattr(mc, f) for f in _FIELDS if f not in _COMPUTE_LINE or getattr(mc, f) != _DEFAULTS[f]}
+    schema (the second step line, the paged-KV settings) while they hold their defaults, so older profiles are
+    written as before."""
+    return {f: getattr(mc, f) for f in _FIELDS if f not in _ADDED or getattr(mc, f) != _DEFAULTS[f]}
+
+
+def memory_mode(value: Any, where: str) -> str:
+    """``value`` as a memory mode; anything else raises one ProfileError naming it and the valid ones."""
+    if value not in MEMORY_MODES:
+        raise ProfileError(f"{where} must be one of {', '.join(MEMORY_MODES)} (got {value!r})")
+    return str(value)
 
 
 def _mapping(value: Any, where: str, path: str) -> Mapping:
@@ -226,7 +243,9 @@ def _model_cost(value: Any, where: str, path: str) -> ModelCost:
     missing = [f for f in _FIELDS if f not in node and f not in _OPTIONAL]
     if missing:
         raise ProfileError(f"{where}: {path} lacks {', '.join(missing)}")
-    kwargs = {f: _number(node[f], f, where, path) for f in _FIELDS if f in node}
+    kwargs = {f: _number(node[f], f, where, path) for f in _FIELDS if f in node and f != "memory_mode"}
+    if "memory_mode" in node:
+        kwargs["memory_mode"] = memory_mode(node["memory_mode"], f"{where}: {path}.memory_mode")
     mc = ModelCost(**kwargs)
     if mc.step_base_s + mc.step_per_seq_s <= 0:
         raise ProfileError(f"{where}: {path}: step_base_s + step_per_seq_s must be > 0 (a decode step takes time)")

@@ -11,9 +11,18 @@ Timing model (all seconds come from :class:`~mosaic.predictors.interface.ModelCo
   ``loading_s`` counts both. The swap starts as soon as the batch has drained, even if the head has not arrived
   yet (the plan says what comes next).
 - **Admission.** The head joins the batch when it has arrived (``arrival <= clock + ARRIVAL_EPS``), the batch
-  holds fewer than ``max_batch`` sequences and the KV reservation fits ``kv_capacity_tokens``. Admission
-  reserves the request's full prompt + output tokens (an oracle reservation: the simulator knows true lengths,
-  so it never preempts). A request that does not fit even an empty batch runs alone.
+  holds fewer than ``max_batch`` sequences and its KV fits ``kv_capacity_tokens``. Memory mode ``reserve`` (the
+  default): admission reserves the request's full prompt + output tokens (an oracle reservation: the simulator
+  knows true lengths, so it never preempts). A request that does not fit even an empty batch runs alone.
+- **Paged KV** (memory mode ``paged``, as vLLM): the cache holds ``kv_capacity_tokens // kv_block_tokens``
+  blocks; a request holding ``t`` tokens holds ``ceil(t / block)`` of them, taking a new one at each step that
+  starts with ``t`` a multiple of the block size. Admission needs the blocks of the tokens it prefills plus the
+  next step's new blocks of the whole batch (so admitting never forces a preemption). When a step's new blocks do
+  not fit, the most recently admitted running requests are preempted (vLLM v1's policy, by recompute) until they
+  do: each goes back to the front of the queue (earliest admitted first) with its blocks freed and its generated
+  tokens kept; when admitted again, its prefill recomputes prompt + generated tokens and it decodes the rest, so
+  it ends with the same output tokens (its record keeps its first admission as ``start``). The earliest admitted
+  request is never preempted (alone it may exceed the cache, as an oversized request runs alone in ``reserve``).
 - **Prefill.** Admitting a request adds ``prompt_tokens / prefill_tps`` seconds to the worker clock and stalls
   the running batch meanwhile (prefill and decode do not overlap). Prefill writes the prompt to the KV cache and
   produces no output token; the request counts as in the batch (busy) from its admission.
@@ -42,10 +51,21 @@ from typing import NamedTuple
 from mosaic.core.errors import ProfileError
 from mosaic.core.trace import EXPERT_STAGE, LoadRecord, Record, request_record
 from mosaic.core.types import Response
-from mosaic.predictors.interface import ModelCost
+from mosaic.predictors.interface import MEMORY_MODES, ModelCost
+from mosaic.runtime.sim_steps import (
+    _NEVER,
+    blocks_allocated,
+    split_lines,
+    split_seconds,
+    split_steps_to_reach,
+    steps_that_fit,
+    steps_to_reach,
+)
+
+__all__ = ["ARRIVAL_EPS", "SimRequest", "WorkerSim", "discard", "split_lines", "split_seconds",
+           "split_steps_to_reach", "steps_to_reach"]  # fmt: skip
 
 ARRIVAL_EPS = 1e-9  # a request counts as arrived when arrival <= clock + ARRIVAL_EPS (absorbs float noise)
-_NEVER = 1 << 62  # "no step count reaches it" (decode that costs nothing cannot reach a later arrival)
 _INF = math.inf
 
 
@@ -66,57 +86,7 @@ class SimRequest(NamedTuple):
     response: Response | None = None  # replayed answer, copied into the RequestRecord
 
 
-def steps_to_reach(gap: float, c0: float, h: float) -> int:
-    """Smallest ``n >= 1`` with ``n * c0 + h * n (n - 1) / 2 >= gap`` (``gap > 0``, ``c0, h >= 0``)."""
-    if h <= 0.0:
-        if c0 <= 0.0 or gap / c0 >= _NEVER:  # free (or denormal-cheap) steps never reach the gap
-            return _NEVER
-        n = max(1, math.ceil(gap / c0))
-    else:
-        bq = c0 - 0.5 * h
-        n = max(1, math.ceil((-bq + math.sqrt(bq * bq + 2.0 * h * gap)) / h))
-    while n > 1 and (n - 1) * c0 + h * (n - 1) * (n - 2) * 0.5 >= gap:
-        n -= 1
-    while n * c0 + h * n * (n - 1) * 0.5 < gap:
-        n += 1
-    return n
-
-
-def split_lines(c1: float, h1: float, c2: float, h2: float) -> tuple[float, float, float, float, int]:
-    """Steps ``j = 0, 1, ...`` costing ``max(c1 + h1 j, c2 + h2 j)``: ``(cA, hA, cB, hB, k)`` with line A the larger
-    for ``j < k`` and line B from ``k`` on (``k = _NEVER``: A stays the larger). Two lines cross at most once."""
-    d0, dd = c2 - c1, h2 - h1
-    if d0 > 0.0 or (d0 == 0.0 and dd > 0.0):  # the second line leads: swap, so that line 1 leads at j = 0
-        c1, h1, c2, h2, d0, dd = c2, h2, c1, h1, -d0, -dd
-    if dd <= 0.0 or -d0 / dd >= _NEVER:
-        return c1, h1, c2, h2, _NEVER
-    k = int(-d0 / dd) + 1  # first j with d0 + dd j > 0; corrected for rounding below
-    while k > 1 and d0 + dd * (k - 1) > 0.0:
-        k -= 1
-    while d0 + dd * k <= 0.0:
-        k += 1
-    return c1, h1, c2, h2, k
-
-
-def split_seconds(n: int, ca: float, ha: float, cb: float, hb: float, k: int) -> float:
-    """Seconds of steps ``0 .. n-1`` of :func:`split_lines`' lines (A before step ``k``, B from it)."""
-    if n <= k:
-        return n * ca + ha * (n * (n - 1) * 0.5)
-    m = n - k
-    return k * ca + ha * (k * (k - 1) * 0.5) + m * (cb + hb * k) + hb * (m * (m - 1) * 0.5)
-
-
-def split_steps_to_reach(gap: float, ca: float, ha: float, cb: float, hb: float, k: int) -> int:
-    """Smallest ``n >= 1`` whose :func:`split_seconds` reach ``gap`` (> 0), as :func:`steps_to_reach` per line."""
-    if k >= _NEVER:
-        return steps_to_reach(gap, ca, ha)
-    first = k * ca + ha * (k * (k - 1) * 0.5)
-    if first >= gap:
-        return steps_to_reach(gap, ca, ha)
-    return k + steps_to_reach(gap - first, cb + hb * k, hb)
-
-
-_Params = tuple[float, float, float, float, float, int, int, float, float, float, float, bool]
+_Params = tuple[float, float, float, float, float, int, int, float, float, float, float, bool, int, bool, int]
 
 
 def _params(mc: ModelCost, expert: str) -> _Params:
@@ -135,6 +105,8 @@ def _params(mc: ModelCost, expert: str) -> _Params:
             ("step_compute_base_s >= 0", mc.step_compute_base_s >= 0),
             ("step_compute_per_seq_s >= 0", mc.step_compute_per_seq_s >= 0),
             ("step_compute_per_kv_token_s >= 0", mc.step_compute_per_kv_token_s >= 0),
+            ("kv_block_tokens >= 1", mc.kv_block_tokens >= 1),
+            (f"memory_mode in {MEMORY_MODES}", mc.memory_mode in MEMORY_MODES),
         )
         if not ok
     ]
@@ -143,13 +115,14 @@ def _params(mc: ModelCost, expert: str) -> _Params:
     return (float(mc.load_s), float(mc.prefill_tps), float(mc.step_base_s), float(mc.step_per_seq_s),
             float(mc.step_per_kv_token_s), int(mc.max_batch), int(mc.kv_capacity_tokens), float(mc.unload_s),
             float(mc.step_compute_base_s), float(mc.step_compute_per_seq_s), float(mc.step_compute_per_kv_token_s),
-            mc.has_compute_line)  # fmt: skip
+            mc.has_compute_line, int(mc.kv_block_tokens), mc.memory_mode == "paged",
+            max(1, int(mc.kv_capacity_tokens) // max(1, int(mc.kv_block_tokens))))  # fmt: skip
 
 
 # every attribute of a WorkerSim (``WorkerSim.copy``; a test checks that the list is complete)
 _WORKER_STATE = ("worker_id", "stage", "start", "clock", "resident", "busy_s", "loading_s", "last_end", "completed",
                  "records", "_emit", "_cost_of", "_cache", "_queue", "_heap", "_step", "_kv", "_reserved", "_seq",
-                 "_next", "_next_known", "_prefill_s")  # fmt: skip
+                 "_next", "_next_known", "_prefill_s", "_used", "_cls", "_preempted", "preemptions")  # fmt: skip
 
 
 class WorkerSim:
@@ -189,6 +162,10 @@ class WorkerSim:
         self._next = _INF  # end time of the next event, set by _run
         self._next_known = False  # _next holds for the current state (no request moved since the last _run)
         self._prefill_s: float | None = None  # prefill seconds of the queued requests (None: not tracked yet)
+        self._used = 0  # paged KV: blocks held by the running batch
+        self._cls: list[int] = []  # paged KV: running requests per phase (tokens - step) mod block (sim_steps)
+        self._preempted: dict[int, tuple[int, float]] = {}  # queued preempted request -> (generated, first start)
+        self.preemptions = 0  # requests preempted so far (paged KV)
 
     # --- state queries ---------------------------------------------------------------------------------------
 
@@ -203,6 +180,11 @@ class WorkerSim:
     @property
     def kv_tokens(self) -> int:
         return self._kv
+
+    @property
+    def decode_steps(self) -> int:
+        """Decode steps run so far (every step adds one token to each running sequence)."""
+        return self._step
 
     @property
     def is_idle(self) -> bool:
@@ -235,7 +217,8 @@ class WorkerSim:
 
     def cost(self, expert: str) -> _Params:
         """(load_s, prefill_tps, step_base_s, step_per_seq_s, step_per_kv_token_s, max_batch, kv_capacity,
-        unload_s, step_compute_base_s, step_compute_per_seq_s, step_compute_per_kv_token_s, has_compute_line)."""
+        unload_s, step_compute_base_s, step_compute_per_seq_s, step_compute_per_kv_token_s, has_compute_line,
+        kv_block_tokens, paged, KV blocks)."""
         p = self._cache.get(expert)
         if p is None:
             p = self._cache[expert] = _params(self._cost_of(expert), expert)
@@ -251,6 +234,7 @@ class WorkerSim:
         for name in _WORKER_STATE:
             setattr(new, name, getattr(self, name))
         new._queue, new._heap = deque(self._queue), self._heap[:]  # their items are tuples (immutable)
+        new._cls, new._preempted = self._cls[:], dict(self._preempted)
         if self._emit == self.records.append:
             new.records = self.records[:]
             new._emit = new.records.append
@@ -279,7 +263,8 @@ class WorkerSim:
         self._queue.extend(r if r[5] >= now else new(SimRequest, (*r[:5], now, r[6])) for r in requests)
 
     def remove_pending(self, request_ids: Collection[int]) -> list[SimRequest]:
-        """Take the queued (not yet admitted) requests whose ids are in ``request_ids`` out of the queue."""
+        """Take the queued (not yet admitted) requests whose ids are in ``request_ids`` out of the queue. A preempted
+        one keeps its generated tokens here (enqueued here again, it resumes); another worker starts it afresh."""
         ids = set(request_ids)
         taken = [r for r in self._queue if r.request_id in ids]
         if taken:
@@ -363,12 +348,16 @@ class WorkerSim:
         t, s, kv, reserved, seq = self.clock, self._step, self._kv, self._reserved, self._seq
         busy, loading, last_end, done = self.busy_s, self.loading_s, self.last_end, 0
         resident, prefill_s = self.resident, self._prefill_s
+        used, cls, pre = self._used, self._cls, self._preempted  # paged KV: blocks held, phase counts, resumes
         tps = base = per_seq = per_kv = unload = cbase = cseq = ckv = 0.0  # unload: seconds to free the resident
         mb = kvcap = 0
-        two = False  # the resident's step has a second line (max of two)
+        two = paged = False  # the resident's step has a second line (max of two); its KV is paged
+        blk = nblk = 1  # paged KV: tokens per block, blocks in the cache
         if resident is not None:
             p = self._cache.get(resident) or self.cost(resident)
-            _, tps, base, per_seq, per_kv, mb, kvcap, unload, cbase, cseq, ckv, two = p
+            _, tps, base, per_seq, per_kv, mb, kvcap, unload, cbase, cseq, ckv, two, blk, paged, nblk = p
+            if paged and len(cls) != blk:
+                cls = self._cls = [0] * blk
         events = 0
         nxt = _INF
         while True:
@@ -390,41 +379,64 @@ class WorkerSim:
                         loading += end - t
                         t = end
                         resident = head[2]
-                        _, tps, base, per_seq, per_kv, mb, kvcap, unload, cbase, cseq, ckv, two = nl
+                        _, tps, base, per_seq, per_kv, mb, kvcap, unload, cbase, cseq, ckv, two, blk, paged, nblk = nl
+                        if paged and len(cls) != blk:  # the batch is empty: no phase to keep
+                            cls = self._cls = [0] * blk
                         events += 1
                         continue
-                elif b < mb and (not b or reserved + head[3] + head[4] <= kvcap):
-                    if head[5] <= t + ARRIVAL_EPS:  # admit + prefill
-                        end = t + head[3] / tps
-                        if end > limit:
-                            nxt = end
-                            break
-                        queue.popleft()
-                        if prefill_s is not None:  # the env's running sum (dry_bound)
-                            prefill_s = prefill_s - head[3] / tps if queue else 0.0
-                        if until_dry and not queue:
-                            limit = -_INF  # the queue ran dry: apply nothing more
-                        push(heap, (s + head[4], seq, t, head))
-                        seq += 1
-                        busy += end - t
-                        t = end
-                        kv += head[3]
-                        reserved += head[3] + head[4]
-                        events += 1
-                        continue
-                    if not b:  # idle until the head arrives (no skipping ahead)
-                        if head[5] > limit:
-                            nxt = head[5]
-                            break
-                        t = head[5]
-                        events += 1
-                        continue
-                    wait_arrival = head[5]
+                elif b < mb:
+                    if paged:  # its prefill's blocks and the next step's new blocks must fit
+                        res = pre.get(head[0]) if pre else None
+                        tk = head[3] + res[0] if res else head[3]  # prefill tokens: prompt (+ generated, resumed)
+                        ok = not b or used + (tk + blk - 1) // blk + cls[-s % blk] + (tk % blk == 0) <= nblk
+                    else:
+                        ok = not b or reserved + head[3] + head[4] <= kvcap
+                    if ok:
+                        if head[5] <= t + ARRIVAL_EPS:  # admit + prefill
+                            end = t + (tk if paged else head[3]) / tps
+                            if end > limit:
+                                nxt = end
+                                break
+                            queue.popleft()
+                            if prefill_s is not None:  # the env's running sum (dry_bound)
+                                prefill_s = prefill_s - head[3] / tps if queue else 0.0
+                            if until_dry and not queue:
+                                limit = -_INF  # the queue ran dry: apply nothing more
+                            if not paged:
+                                push(heap, (s + head[4], seq, t, head))
+                                kv += head[3]
+                                reserved += head[3] + head[4]
+                            else:
+                                if res:
+                                    del pre[head[0]]
+                                    push(heap, (s + head[4] - res[0], seq, res[1], head))
+                                else:
+                                    push(heap, (s + head[4], seq, t, head))
+                                kv += tk
+                                used += (tk + blk - 1) // blk
+                                cls[(tk - s) % blk] += 1
+                            seq += 1
+                            busy += end - t
+                            t = end
+                            events += 1
+                            continue
+                        if not b:  # idle until the head arrives (no skipping ahead)
+                            if head[5] > limit:
+                                nxt = head[5]
+                                break
+                            t = head[5]
+                            events += 1
+                            continue
+                        wait_arrival = head[5]
             if not b:
                 break  # nothing queued, nothing running
             c0 = base + per_seq * b + per_kv * kv
             h = per_kv * b
             n = heap[0][0] - s
+            if paged and b > 1 and nblk - used < b * (n // blk + 1):  # the blocks may run out before step s + n
+                fit = steps_that_fit(cls, s, blk, b, nblk - used, n)
+                if fit < n:
+                    n = max(fit, 1)  # >= 1 always holds: admissions and preemptions leave the next step room
             if two:  # max of two lines: one crossover splits the steps into two sums
                 ca, ha, cb, hb, k = split_lines(c0, h, cbase + cseq * b + ckv * kv, ckv * b)
                 if wait_arrival < _INF:
@@ -439,6 +451,8 @@ class WorkerSim:
                 break
             busy += end - t
             t = end
+            if paged:
+                used += blocks_allocated(cls, s, blk, b, n)
             s += n
             kv += b * n
             events += 1
@@ -446,7 +460,11 @@ class WorkerSim:
                 _, _, st, it = pop(heap)
                 tokens = it[3] + it[4]
                 kv -= tokens
-                reserved -= tokens
+                if paged:
+                    used -= (tokens + blk - 1) // blk
+                    cls[(tokens - s) % blk] -= 1
+                else:
+                    reserved -= tokens
                 r = it[6]
                 if keep and r is None:
                     emit(request_record(stage, it[0], it[1], it[2], wid, st, t, it[3], it[4]))
@@ -455,9 +473,38 @@ class WorkerSim:
                                        r.text))  # fmt: skip
                 done += 1
                 last_end = t
+            if paged and len(heap) > 1 and used + cls[-s % blk] > nblk:  # the next step's blocks do not fit
+                used, kv, prefill_s = self._preempt(s, used, kv, prefill_s, blk, nblk, tps)
         self.clock, self._step, self._kv, self._reserved, self._seq = t, s, kv, reserved, seq
         self.busy_s, self.loading_s, self.last_end, self.resident = busy, loading, last_end, resident
-        self._prefill_s = prefill_s
+        self._prefill_s, self._used = prefill_s, used
         self.completed += done
         self._next, self._next_known = nxt, True
         return events
+
+    def _preempt(
+        self, s: int, used: int, kv: int, prefill_s: float | None, blk: int, nblk: int, tps: float
+    ) -> tuple[int, int, float | None]:
+        """Preempt the most recently admitted running requests (vLLM v1, by recompute) until step ``s``'s new blocks
+        fit, never the earliest admitted; they return to the queue's front, earliest admitted first, keeping their
+        generated tokens and first start. Returns the updated (blocks held, KV tokens, queued prefill seconds)."""
+        heap, cls = self._heap, self._cls
+        order = sorted(heap, key=lambda e: e[1])  # admission order
+        need = cls[-s % blk]
+        victims: list[SimRequest] = []
+        while len(order) > 1 and used + need > nblk:
+            f, _, st, it = order.pop()
+            tokens = it[3] + it[4] - (f - s)  # KV tokens it holds now
+            used -= (tokens + blk - 1) // blk
+            kv -= tokens
+            cls[(tokens - s) % blk] -= 1
+            need -= tokens % blk == 0
+            self._preempted[it[0]] = (it[4] - (f - s), st)
+            victims.append(it)
+        heap[:] = order
+        heapq.heapify(heap)
+        self._queue.extendleft(victims)  # reversed: the earliest admitted ends up first
+        self.preemptions += len(victims)
+        if prefill_s is not None:
+            prefill_s += sum(it[3] for it in victims) / tps
+        return used, kv, prefill_s

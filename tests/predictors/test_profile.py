@@ -198,3 +198,28 @@ def test_profile_is_immutable() -> None:
         p.table["A100-80GB"]["x"] = MC  # type: ignore[index]
     with pytest.raises(AttributeError):
         p.meta = {}  # type: ignore[misc]
+
+
+def test_step_line_and_paged_fields_round_trip_and_are_left_out_at_defaults(tmp_path: Path) -> None:
+    paged = ModelCost(36.0, 12000.0, 0.01, 4e-05, 9e-08, 19.0, step_compute_per_seq_s=8e-05,
+                      step_compute_per_kv_token_s=9e-08, kv_block_tokens=32, memory_mode="paged")  # fmt: skip
+    p = CostProfile({"A100-80GB": {"a": paged, "b": MC}})
+    entries = p.to_dict()["gpu_types"]["A100-80GB"]["experts"]
+    assert "memory_mode" not in entries["b"] and "step_compute_base_s" not in entries["b"]  # written as before
+    assert entries["a"]["memory_mode"] == "paged" and entries["a"]["kv_block_tokens"] == 32
+    assert CostProfile.from_file(p.to_file(tmp_path / "p.yaml")) == p
+    assert {mc.memory_mode for mc in profile().with_memory_mode("paged").table["A100-80GB"].values()} == {"paged"}
+    with pytest.raises(ProfileError, match="memory_mode must be one of reserve, paged"):
+        profile().with_memory_mode("swap")
+
+
+@pytest.mark.parametrize(("field", "value", "message"), [
+    ("memory_mode", "swap", r"experts\.QwenR1\.memory_mode must be one of reserve, paged \(got 'swap'\)"),
+    ("kv_block_tokens", 0, r"experts\.QwenR1\.kv_block_tokens must be >= 1"),
+    ("step_compute_per_seq_s", -1.0, r"experts\.QwenR1\.step_compute_per_seq_s must be >= 0"),
+])  # fmt: skip
+def test_bad_paged_and_step_line_fields_are_named(tmp_path: Path, field: str, value: object, message: str) -> None:
+    data = raw()
+    data["gpu_types"]["A100-80GB"]["experts"]["QwenR1"][field] = value
+    with pytest.raises(ProfileError, match=message):
+        CostProfile.from_file(write(tmp_path, data))

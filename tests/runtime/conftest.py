@@ -24,9 +24,11 @@ GPU = "test-gpu"
 
 
 def mcost(load_s=5.0, prefill_tps=1000.0, base=0.02, per_seq=0.001, per_kv=1e-6, max_batch=256, kv_cap=1_000_000,
-          unload_s=0.0, cbase=0.0, cseq=0.0, ckv=0.0):  # fmt: skip
-    """A ModelCost; ``cbase, cseq, ckv``: the second step line (a step is then the max of both)."""
-    return ModelCost(load_s, prefill_tps, base, per_seq, per_kv, 16.0, max_batch, kv_cap, unload_s, cbase, cseq, ckv)
+          unload_s=0.0, cbase=0.0, cseq=0.0, ckv=0.0, block=16, memory="reserve"):  # fmt: skip
+    """A ModelCost; ``cbase, cseq, ckv``: the second step line (a step is then the max of both); ``block``,
+    ``memory``: KV block size and memory mode."""
+    return ModelCost(load_s, prefill_tps, base, per_seq, per_kv, 16.0, max_batch, kv_cap, unload_s, cbase, cseq, ckv,
+                     block, memory)  # fmt: skip
 
 
 class TableCosts(CostModel):
@@ -121,52 +123,77 @@ def make_responses(
 def brute_force(
     items: Sequence[SimRequest], cost_of: Callable[[str], ModelCost], start: float = 0.0, resident: str | None = None
 ) -> tuple[dict[int, tuple[float, float]], list[tuple[str, float, float]]]:
-    """Reference worker, one decode step at a time: request id -> (start, end), and loads (expert, start, end)."""
-    t, queue, batch = start, list(items), []  # batch entries: [remaining tokens, request, admission time]
-    kv = reserved = 0
+    """Reference worker, one decode step at a time: request id -> (start, end), and loads (expert, start, end).
+
+    Memory mode ``reserve``: admission reserves prompt + output tokens. ``paged``: a request holding ``t`` tokens
+    holds ``ceil(t / block)`` blocks; admission needs its prefill's blocks plus the next step's new blocks (one per
+    request whose ``t`` is a multiple of the block size, itself included); after a step, while the next step's new
+    blocks do not fit and more than one request runs, the most recently admitted one goes back to the queue's front
+    with its generated tokens (prefilled again with them when readmitted)."""
+    t, batch = start, []  # batch entries: [remaining tokens, request, first start, KV tokens, admission order]
+    queue = [(r, 0, None) for r in items]  # (request, tokens generated before a preemption, first start)
     done: dict[int, tuple[float, float]] = {}
     loads: list[tuple[str, float, float]] = []
-    while queue or batch:
-        while queue:  # admissions at this step boundary, in order
-            h = queue[0]
-            mc = cost_of(h.expert)
-            need = h.prompt_tokens + h.output_tokens
-            if h.expert != resident or len(batch) >= mc.max_batch or h.arrival > t + ARRIVAL_EPS:
-                break
-            if batch and reserved + need > mc.kv_capacity_tokens:
-                break
-            queue.pop(0)
-            batch.append([h.output_tokens, h, t])
-            t += h.prompt_tokens / mc.prefill_tps
-            kv += h.prompt_tokens
-            reserved += need
-        finished = [e for e in batch if e[0] == 0]
-        for e in finished:  # zero-output requests leave right after prefill, freeing their slot
+    order = 0
+
+    def blocks(tokens: int, block: int) -> int:
+        return -(-tokens // block)
+
+    def held(block: int) -> int:
+        return sum(blocks(e[3], block) for e in batch)
+
+    def crossing(block: int) -> int:
+        return sum(e[3] % block == 0 for e in batch)
+
+    def finish(entries: list) -> None:
+        for e in entries:
             batch.remove(e)
             done[e[1].request_id] = (e[2], t)
-            kv -= e[1].prompt_tokens + e[1].output_tokens
-            reserved -= e[1].prompt_tokens + e[1].output_tokens
+
+    while queue or batch:
+        while queue:  # admissions at this step boundary, in order
+            h, gen, first = queue[0]
+            mc = cost_of(h.expert)
+            if h.expert != resident or len(batch) >= mc.max_batch or h.arrival > t + ARRIVAL_EPS:
+                break
+            tokens = h.prompt_tokens + gen
+            if mc.memory_mode == "paged":
+                blk, cap = mc.kv_block_tokens, mc.kv_capacity_tokens // mc.kv_block_tokens
+                if batch and held(blk) + blocks(tokens, blk) + crossing(blk) + (tokens % blk == 0) > cap:
+                    break
+            elif batch and sum(e[1].prompt_tokens + e[1].output_tokens for e in batch) + h.prompt_tokens + \
+                    h.output_tokens > mc.kv_capacity_tokens:  # fmt: skip
+                break
+            queue.pop(0)
+            batch.append([h.output_tokens - gen, h, t if first is None else first, tokens, order])
+            order += 1
+            t += tokens / mc.prefill_tps
+        finished = [e for e in batch if e[0] == 0]
+        finish(finished)  # zero-output requests leave right after prefill, freeing their slot
         if finished:
             continue
         if not batch:
-            if queue and queue[0].expert != resident:
-                mc = cost_of(queue[0].expert)
+            if queue and queue[0][0].expert != resident:
+                mc = cost_of(queue[0][0].expert)
                 swap = mc.load_s + (cost_of(resident).unload_s if resident is not None else 0.0)
-                loads.append((queue[0].expert, t, t + swap))  # one record spans free + load
+                loads.append((queue[0][0].expert, t, t + swap))  # one record spans free + load
                 t += swap
-                resident = queue[0].expert
+                resident = queue[0][0].expert
             elif queue:
-                t = max(t, queue[0].arrival)
+                t = max(t, queue[0][0].arrival)
             continue
-        t += cost_of(resident).step_time(len(batch), kv)
-        kv += len(batch)
+        mc = cost_of(resident)
+        t += mc.step_time(len(batch), sum(e[3] for e in batch))
         for e in batch:
             e[0] -= 1
-        for e in [e for e in batch if e[0] == 0]:
-            batch.remove(e)
-            done[e[1].request_id] = (e[2], t)
-            kv -= e[1].prompt_tokens + e[1].output_tokens
-            reserved -= e[1].prompt_tokens + e[1].output_tokens
+            e[3] += 1
+        finish([e for e in batch if e[0] == 0])
+        if mc.memory_mode == "paged":
+            blk, cap = mc.kv_block_tokens, mc.kv_capacity_tokens // mc.kv_block_tokens
+            while len(batch) > 1 and held(blk) + crossing(blk) > cap:
+                victim = max(batch, key=lambda e: e[4])
+                batch.remove(victim)
+                queue.insert(0, (victim[1], victim[1].output_tokens - victim[0], victim[2]))
     return done, loads
 
 
@@ -176,9 +203,15 @@ def _compute_line(draw: st.DrawFn) -> dict[str, float]:
             "ckv": draw(st.sampled_from([0.0, 1e-5, 3e-4, 1e-3]))}  # fmt: skip
 
 
+def _paged(draw: st.DrawFn) -> dict:
+    """Paged KV with small blocks, so that the cache (5-400 tokens) runs out and preempts."""
+    return {"memory": "paged", "block": draw(st.sampled_from([1, 2, 4, 16]))}
+
+
 @st.composite
-def worker_cases(draw: st.DrawFn, max_requests: int = 12) -> tuple:
-    """(items, cost table, resident) for one worker: random limits, lengths, arrivals, experts."""
+def worker_cases(draw: st.DrawFn, max_requests: int = 12, tight: bool = False) -> tuple:
+    """(items, cost table, resident) for one worker: random limits, lengths, arrivals, experts. ``tight``: paged KV
+    in a cache of 8-120 tokens and long outputs, so that requests are preempted and resumed."""
     names = ["a", "b", "c"][: draw(st.integers(1, 3))]
     table = {
         e: mcost(
@@ -187,10 +220,11 @@ def worker_cases(draw: st.DrawFn, max_requests: int = 12) -> tuple:
             base=draw(st.floats(0.001, 0.05)),
             per_seq=draw(st.floats(0.0, 0.01)),
             per_kv=draw(st.sampled_from([0.0, 1e-5, 3e-4])),
-            max_batch=draw(st.integers(1, 6)),
-            kv_cap=draw(st.integers(5, 400)),
+            max_batch=draw(st.integers(2 if tight else 1, 6)),
+            kv_cap=draw(st.integers(8, 120) if tight else st.integers(5, 400)),
             unload_s=draw(st.sampled_from([0.0, 0.0, 0.7, 1.3])),
             **(_compute_line(draw) if draw(st.booleans()) else {}),
+            **(_paged(draw) if tight or draw(st.booleans()) else {}),
         )
         for e in names
     }
@@ -198,8 +232,9 @@ def worker_cases(draw: st.DrawFn, max_requests: int = 12) -> tuple:
     arrivals = draw(st.lists(st.sampled_from([0.0, 0.13, 1.5, 1.52, 1.62, 1.9, 2.71, 7.3]), min_size=n, max_size=n))
     if draw(st.booleans()):
         arrivals.sort()  # a stream: later requests arrive while earlier ones decode
+    out = st.integers(0, 60 if tight else 25)
     items = [
-        SimRequest(i, i, draw(st.sampled_from(names)), draw(st.integers(0, 40)), draw(st.integers(0, 25)), arrivals[i])
+        SimRequest(i, i, draw(st.sampled_from(names)), draw(st.integers(0, 40)), draw(out), arrivals[i])
         for i in range(n)
     ]
     resident = draw(st.sampled_from([None, *names]))

@@ -85,6 +85,50 @@ def test_split_lines_equal_a_per_step_max(c1, h1, c2, h2, n, gap):
         assert sum(steps) < gap * (1 + 1e-9)
 
 
+PAGED = dict(prefill_tps=10.0, base=0.1, per_seq=0.0, per_kv=0.0, block=4, memory="paged")
+
+
+def test_paged_preempts_the_latest_request_and_resumes_it_by_recompute(rt):
+    """Blocks of 4 tokens, 4 blocks (16 tokens); A and B: prompt 4, 8 output tokens; prefill 10 tokens/s, 0.1 s a
+    step. A: admitted at 0 (1 block + its first step's), prefill to 0.4; B: 1 + 1 + 1 + 1 = 4 blocks fit, prefill to
+    0.8. Step 0 takes a block each (both hold 4 tokens): 4 used. Steps 1-3 take none: 1.2 s, 8 tokens each. Step 4
+    needs a block each, none is free: B (admitted last) is preempted with 4 tokens generated, freeing 2; A runs
+    steps 4-7 alone (a 3rd block) and ends at 1.6. B is prefilled again over 4 + 4 tokens (0.8 s, to 2.4), decodes
+    its 4 remaining tokens and ends at 2.8, with 8 output tokens and its first start, 0.4."""
+    sim = _worker({"a": rt.mcost(kv_cap=16, **PAGED)}, resident="a")
+    sim.enqueue([SimRequest(0, 0, "a", 4, 8, 0.0), SimRequest(1, 1, "a", 4, 8, 0.0)])
+    sim.run_until_idle()
+    reqs = {r.request_id: r for r in sim.records}
+    assert [reqs[0].start, reqs[0].end, reqs[1].start, reqs[1].end] == pytest.approx([0.0, 1.6, 0.4, 2.8])
+    assert reqs[1].output_tokens == 8 and sim.preemptions == 1 and sim.decode_steps == 12
+    assert sim.busy_s == pytest.approx(2.8)  # the recomputed prefill is busy time too
+    reserve = _worker({"a": rt.mcost(kv_cap=16, **{**PAGED, "memory": "reserve"})}, resident="a")
+    reserve.enqueue([SimRequest(0, 0, "a", 4, 8, 0.0), SimRequest(1, 1, "a", 4, 8, 0.0)])
+    assert reserve.run_until_idle() == pytest.approx(2.4)  # 12 + 12 reserved > 16: one after the other
+
+
+def test_paged_admits_what_a_reservation_would_not(rt):
+    """A: prompt 4, 8 outputs (12 tokens at the end); B: prompt 4, 2 outputs (6). Reserving 12 + 6 > 16 tokens runs
+    B after A (A to 1.2, B's prefill to 1.6, 2 steps: 1.8). Paged, both fit: prefills to 0.8, B leaves after step 1
+    (1.0) freeing its 2 blocks, A takes its 3rd block at step 4 and ends at 0.8 + 0.8 = 1.6."""
+    items = [SimRequest(0, 0, "a", 4, 8, 0.0), SimRequest(1, 1, "a", 4, 2, 0.0)]
+    ends = {}
+    for memory in ("reserve", "paged"):
+        sim = _worker({"a": rt.mcost(kv_cap=16, **{**PAGED, "memory": memory})}, resident="a")
+        sim.enqueue(items)
+        sim.run_until_idle()
+        ends[memory] = [r.end for r in sorted(sim.records, key=lambda r: r.request_id)]
+        assert sim.preemptions == 0
+    assert ends["reserve"] == pytest.approx([1.2, 1.8]) and ends["paged"] == pytest.approx([1.6, 1.0])
+
+
+def test_bad_memory_mode_is_a_profile_error(rt):
+    sim = _worker({"a": rt.mcost(memory="swap")})
+    sim.enqueue([SimRequest(0, 0, "a", 1, 1, 0.0)])
+    with pytest.raises(ProfileError, match="memory_mode in"):
+        sim.run_until_idle()
+
+
 def test_batch_shares_steps(rt):
     mc = rt.mcost(prefill_tps=1e12, base=0.01, per_seq=0.0, per_kv=0.0)
     sim = _worker({"a": mc}, resident="a")
@@ -170,9 +214,10 @@ def test_negative_unload_is_a_profile_error(rt):
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@pytest.mark.parametrize("tight", [False, True])
 @given(data=st.data())
-def test_event_driven_matches_brute_force(rt, data):
-    items, table, resident = data.draw(rt.worker_cases())
+def test_event_driven_matches_brute_force(rt, data, tight):
+    items, table, resident = data.draw(rt.worker_cases(tight=tight))
     sim = _worker(table, resident, start=1.5)
     sim.enqueue(items)
     end = sim.run_until_idle()
@@ -186,12 +231,15 @@ def test_event_driven_matches_brute_force(rt, data):
     assert flat == pytest.approx([v for x in ref_loads for v in x[1:]], rel=1e-9, abs=1e-9)
     assert end == pytest.approx(max(e for _, e in ref_reqs.values()), rel=1e-9)
     assert sim.busy_s + sim.loading_s <= sim.clock - sim.start + 1e-9
+    outputs = {r.request_id: r.output_tokens for r in sim.records if isinstance(r, RequestRecord)}
+    assert outputs == {r.request_id: r.output_tokens for r in items}  # preempted or not, the same output tokens
 
 
 @settings(max_examples=100, deadline=None)
+@pytest.mark.parametrize("tight", [False, True])
 @given(data=st.data())
-def test_stepping_and_advance_to_equal_one_run(rt, data):
-    items, table, resident = data.draw(rt.worker_cases())
+def test_stepping_and_advance_to_equal_one_run(rt, data, tight):
+    items, table, resident = data.draw(rt.worker_cases(tight=tight))
     whole, stepped = _whole_run(items, table, resident), _worker(table, resident)
     stepped.enqueue(items)
     while not stepped.is_idle:
@@ -204,11 +252,12 @@ def test_stepping_and_advance_to_equal_one_run(rt, data):
 
 
 @settings(max_examples=100, deadline=None)
+@pytest.mark.parametrize("tight", [False, True])
 @given(data=st.data())
-def test_bulk_advance_equals_one_run_and_next_event_time_is_fresh(rt, data):
+def test_bulk_advance_equals_one_run_and_next_event_time_is_fresh(rt, data, tight):
     """advance / advance_until_dry in random chunks give the records of one run; the remembered next-event time
     always equals a recomputation; advance_until_dry stops right after the admission that empties the queue."""
-    items, table, resident = data.draw(rt.worker_cases())
+    items, table, resident = data.draw(rt.worker_cases(tight=tight))
     whole, sim = _whole_run(items, table, resident), _worker(table, resident)
     sim.enqueue(items)
     while not sim.is_idle:
@@ -236,9 +285,10 @@ def _recomputed_next(sim, table):
 
 
 @settings(max_examples=150, deadline=None)
+@pytest.mark.parametrize("tight", [False, True])
 @given(data=st.data())
-def test_dry_bound_is_a_lower_bound(rt, data):
-    items, table, resident = data.draw(rt.worker_cases())
+def test_dry_bound_is_a_lower_bound(rt, data, tight):
+    items, table, resident = data.draw(rt.worker_cases(tight=tight))
     sim = _worker(table, resident)
     half = len(items) // 2
     sim.enqueue(items[:half])
