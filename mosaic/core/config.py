@@ -81,6 +81,16 @@ class CostsCfg(_Cfg):
         description="price requests by their expected cost under the predictor's spread "
         "(mean:TRACE, lightgbm); default: at the predicted length",
     )
+    step_model: Literal["sum", "max"] = Field(
+        "sum",
+        description="roofline profile: a decode step as the sum of weight reads, compute, KV reads and a fixed "
+        "overhead (sum) or the max of memory and compute time with KV bytes from the architecture (max)",
+    )
+    memory_mode: Literal["reserve", "paged"] | None = Field(
+        None,
+        description="simulated engines' KV cache: reserve a request's prompt + output up front (reserve) or paged "
+        "blocks as tokens are generated, preempting by recompute (paged, as vLLM); default: the profile's (reserve)",
+    )
 
 
 class RuntimeCfg(_Cfg):
