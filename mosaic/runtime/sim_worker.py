@@ -46,6 +46,7 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
+from operator import itemgetter
 from typing import NamedTuple
 
 from mosaic.core.errors import ProfileError
@@ -67,6 +68,7 @@ __all__ = ["ARRIVAL_EPS", "SimRequest", "WorkerSim", "discard", "split_lines", "
 
 ARRIVAL_EPS = 1e-9  # a request counts as arrived when arrival <= clock + ARRIVAL_EPS (absorbs float noise)
 _INF = math.inf
+_SEQ = itemgetter(1)  # a running entry's admission sequence number
 
 
 def discard(_record: Record) -> None:
@@ -489,11 +491,12 @@ class WorkerSim:
         fit, never the earliest admitted; they return to the queue's front, earliest admitted first, keeping their
         generated tokens and first start. Returns the updated (blocks held, KV tokens, queued prefill seconds)."""
         heap, cls = self._heap, self._cls
-        order = sorted(heap, key=lambda e: e[1])  # admission order
         need = cls[-s % blk]
         victims: list[SimRequest] = []
-        while len(order) > 1 and used + need > nblk:
-            f, _, st, it = order.pop()
+        while len(heap) > 1 and used + need > nblk:
+            victim = max(heap, key=_SEQ)  # the most recently admitted
+            heap.remove(victim)
+            f, _, st, it = victim
             tokens = it[3] + it[4] - (f - s)  # KV tokens it holds now
             used -= (tokens + blk - 1) // blk
             kv -= tokens
@@ -501,7 +504,6 @@ class WorkerSim:
             need -= tokens % blk == 0
             self._preempted[it[0]] = (it[4] - (f - s), st)
             victims.append(it)
-        heap[:] = order
         heapq.heapify(heap)
         self._queue.extendleft(victims)  # reversed: the earliest admitted ends up first
         self.preemptions += len(victims)
