@@ -133,3 +133,15 @@ class GreedyLPTScheduler(Scheduler):
         order, estimate = greedy_lpt_order(workload, costs, cluster, resident, available)
         stats = {"greedy_estimate_s": estimate}
         return plan_with_estimates(self.name, workload, costs, cluster, order, resident, stats)
+
+    def plan_order(
+        self,
+        workload: Workload,
+        costs: CostModel,
+        cluster: Cluster,
+        rng: np.random.Generator,
+        resident: Mapping[int, str | None] | None = None,
+        available: Mapping[int, float] | None = None,
+    ) -> dict[int, list[int]]:
+        """Worker id -> request ids of :meth:`plan`, without its estimates and bound (for re-plans)."""
+        return greedy_lpt_order(workload, costs, cluster, resident, available)[0]

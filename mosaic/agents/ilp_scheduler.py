@@ -122,6 +122,20 @@ class MosaicIlpScheduler(Scheduler):
         plan = plan_with_estimates(self.name, workload, costs, cluster, outcome.plan.order, resident, outcome.stats)
         return replace(plan, stats={**plan.stats, **_gaps(plan)})
 
+    def plan_order(
+        self,
+        workload: Workload,
+        costs: CostModel,
+        cluster: Cluster,
+        rng: np.random.Generator,
+        resident: Mapping[int, str | None] | None = None,
+    ) -> dict[int, list[int]]:
+        """Worker id -> request ids of the ILP's plan, without the plan's estimates and bound (a re-plan at run
+        time needs only the order)."""
+        warm = greedy_lpt_order(workload, costs, cluster, resident)[0]
+        outcome = schedule(self.name, workload, costs, cluster, resident, self._options(workload, warm), warm)
+        return {w: list(ids) for w, ids in outcome.plan.order.items()}
+
     def _needs_warm(self) -> bool:
         return False
 

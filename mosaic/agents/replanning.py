@@ -11,8 +11,9 @@ every ``period`` simulated seconds, and as soon as a worker goes idle or request
 Each worker is priced as holding the expert it will have loaded when it reaches the new work (its queue's head, or
 what it runs or loads now). A solve is charged to the clock: its actions apply ``solve_charge`` seconds after the
 decision (a fixed figure keeps runs reproducible; ``"measured"`` charges the solve's wall time, which varies from run
-to run). Registered as ``<planner>+window`` and ``<planner>+rolling`` (options ``period``, ``solve_charge`` and the
-planner's own).
+to run). Registered as ``<planner>+window`` and ``<planner>+rolling`` for greedy-lpt and mosaic-ilp, with options
+``period``, ``solve_charge`` and the planner's own. (Round-robin per window re-places the experts every window and
+thrashes loads; its online form is its static plan, served as requests arrive.)
 """
 
 from __future__ import annotations
@@ -75,7 +76,8 @@ class Replanning(Policy):
         self._apply_at = self._next_tick = self._last_arrival = 0.0
         self.solves, self.solve_s = 0, 0.0
         self.min_gain = 0.01  # a re-shuffle must be predicted to finish at least this much sooner
-        self._takes_available = "available" in inspect.signature(planner.plan).parameters
+        fast = getattr(planner, "plan_order", planner.plan)
+        self._takes_available = "available" in inspect.signature(fast).parameters
 
     def decide(self, view: View, event: Event) -> Sequence[Action]:
         if event.kind == START:
@@ -142,8 +144,13 @@ class Replanning(Policy):
         sub = subset_workload(view.workload, ids)
         holds = {w: self._will_hold(view, w) for w in view.cluster.ids}
         extra = {"available": self._kept(view)} if self._takes_available else {}
-        plan = self.planner.plan(sub, view.costs.bind(sub), view.cluster, self.rng, holds, **extra)
-        return {w: [ids[j] for j in order] for w, order in plan.order.items()}
+        planned = self._order(sub, view.costs.bind(sub), view.cluster, self.rng, holds, **extra)
+        return {w: [ids[j] for j in order] for w, order in planned.items()}
+
+    def _order(self, *args: object, **kwargs: object) -> Mapping[int, Sequence[int]]:
+        """The planner's order: its ``plan_order`` when it has one (no estimates, no bound), else its plan's."""
+        fast = getattr(self.planner, "plan_order", None)
+        return fast(*args, **kwargs) if fast is not None else self.planner.plan(*args, **kwargs).order  # type: ignore[arg-type]
 
     @staticmethod
     def _kept(view: View) -> dict[int, float]:
