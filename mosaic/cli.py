@@ -114,7 +114,7 @@ def _execute(args: argparse.Namespace, schedulers: list[str], command: str, resu
             runs = compare(exp, planned, out_dir, lambda n: status.update(f"running scheduler {n}"))
         status.stop()
         title = f"{cfg.name}: {command}"
-        write_report(cfg, runs, out_dir, console, title)
+        write_report(cfg, runs, out_dir, console, title, [q.arrival for q in exp.workload.queries])
         if trace is not None:
             console.print("[dim]no simulator-vs-real table: a resumed run's times span two sessions[/dim]")
         elif cfg.runtime.backend in ("vllm", "ray"):

@@ -163,6 +163,10 @@ def make_backend(exp: Experiment, resume: bool = False, planned: Sequence[Planne
         backend.close()
         raise ConfigError(f"scheduler(s) {dynamic} act at run time, which backend {backend.name!r} cannot do yet "
                           "(it replays static plans): run them on the sim backend")  # fmt: skip
+    if not exp.cfg.runtime.barrier and not backend.runs_policies:
+        backend.close()
+        raise ConfigError(f"runtime.barrier=false needs a backend that runs the runtime loop; {backend.name!r} runs "
+                          "the two stages with a barrier only")  # fmt: skip
     return backend
 
 

@@ -70,8 +70,10 @@ def _draw(ax, segs: list[Segment], colours: Mapping[str, tuple], workers: Sequen
     ax.grid(axis="x", alpha=0.3)
 
 
-def plot_gantt(runs: Mapping[str, Sequence[Record]], workers: Sequence[int], path: str | Path, title: str = "") -> Path:
-    """One panel per run (scheduler name -> its trace records), shared time axis; writes a PNG."""
+def plot_gantt(runs: Mapping[str, Sequence[Record]], workers: Sequence[int], path: str | Path, title: str = "",
+               arrivals: Sequence[float] | None = None) -> Path:  # fmt: skip
+    """One panel per run (scheduler name -> its trace records), shared time axis; writes a PNG. ``arrivals``: the
+    queries' arrival times, drawn as ticks above the workers (online workloads)."""
     segs = {name: segments(recs) for name, recs in runs.items()}
     colours = expert_colours([s.expert for ss in segs.values() for s in ss] or ["-"])
     fig, axes = plt.subplots(
@@ -80,7 +82,12 @@ def plot_gantt(runs: Mapping[str, Sequence[Record]], workers: Sequence[int], pat
     for ax, (name, ss) in zip(axes[:, 0], segs.items(), strict=True):
         end = max((s.end for s in ss), default=0.0)
         _draw(ax, ss, colours, list(workers), f"{name}  (end-to-end {end:,.0f} s)")
-    axes[-1, 0].set_xlabel("time (s)   — hatched: model load; faded: aggregation stage after the dashed line")
+        if arrivals is not None and len(arrivals) and max(arrivals) > 0:
+            ax.plot(arrivals, [-0.45] * len(arrivals), "|", color="black", ms=5, alpha=0.35)
+            ax.set_ylim(len(workers) - 0.5, -0.7)
+    online = " ; ticks on top: query arrivals" if arrivals is not None and len(arrivals) and max(arrivals) > 0 else ""
+    axes[-1, 0].set_xlabel("time (s)   — hatched: model load; faded: aggregation (the dashed line: its first "
+                           f"start){online}")  # fmt: skip
     handles = [Patch(color=c, label=n) for n, c in colours.items()]
     if title:
         fig.suptitle(title, fontsize=11)

@@ -69,8 +69,10 @@ def write_report(
     out_dir: Path,
     console: Console,
     title: str,
+    arrivals: Sequence[float] | None = None,
 ) -> ReportFiles:
-    """Print the table (and the paper's figures when the preset has them) and write every artefact."""
+    """Print the table (and the paper's figures when the preset has them) and write every artefact
+    (``arrivals``: the queries' arrival times, shown on the Gantt chart)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     metrics = [r.metrics for r in runs]
     table = comparison_table(metrics, cfg.baseline, title)
@@ -94,7 +96,7 @@ def write_report(
     metrics_path = out_dir / "metrics.json"
     metrics_path.write_text(json.dumps([m.as_dict() for m in metrics], indent=2), encoding="utf-8")
     workers = sorted({w for r in runs for w in r.metrics.workers})
-    gantt = plot_gantt({r.name: r.records for r in runs}, workers, out_dir / "gantt.png", title)
+    gantt = plot_gantt({r.name: r.records for r in runs}, workers, out_dir / "gantt.png", title, arrivals)
     wandb_dir = _track(cfg, runs, out_dir, title, gantt)
     console.print(f"results: {out_dir}  (table.txt, metrics.json, gantt.png, traces, {STATUS_FILE})")
     if wandb_dir:

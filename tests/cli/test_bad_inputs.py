@@ -128,8 +128,25 @@ def test_an_invalid_config_field_is_one_error_and_writes_nothing(tmp_path, capsy
     assert "cluster.workers" in _say(capsys) and not (tmp_path / "x").exists()
 
 
-def test_a_run_time_policy_on_a_backend_that_only_replays_plans_is_refused_first(tmp_path, capsys):
-    rc, out = _run(tmp_path, "--scheduler", "greedy-lpt+steal", "--backend", "vllm")
+class _PlansOnly(SimBackend):
+    name, runs_policies = "plans-only", False
+
+
+@pytest.fixture
+def plans_only(monkeypatch):
+    """A backend that replays static plans only (registered for the test)."""
+    from mosaic.runtime.registry import BACKENDS
+
+    monkeypatch.setitem(BACKENDS._items, "plans-only", lambda cfg, responses, costs: _PlansOnly(responses, costs))
+
+
+@pytest.mark.parametrize("args,needle", [
+    (("--scheduler", "greedy-lpt+steal"), "['greedy-lpt+steal'] act at run time"),
+    (("--no-barrier",), "runtime.barrier=false needs a backend that runs the runtime loop"),
+])  # fmt: skip
+def test_what_a_backend_that_only_replays_plans_cannot_do_is_refused_first(tmp_path, capsys, plans_only, args,
+                                                                           needle):  # fmt: skip
+    rc, out = _run(tmp_path, *args, "--backend", "plans-only")
     said = _say(capsys)
-    assert rc == 2 and "['greedy-lpt+steal'] act at run time" in said and "backend 'vllm'" in said
+    assert rc == 2 and needle in said and "'plans-only'" in said
     assert not out.exists()

@@ -81,7 +81,7 @@ def test_paper_line():
 
 
 def test_gantt_png(tmp_path):
-    path = plot_gantt({"a": RECORDS, "b": RECORDS[:3]}, [0, 1, 2], tmp_path / "g.png", "title")
+    path = plot_gantt({"a": RECORDS, "b": RECORDS[:3]}, [0, 1, 2], tmp_path / "g.png", "title", [0.0, 3.0, 12.0])
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 5000
 
 
