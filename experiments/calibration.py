@@ -36,8 +36,8 @@ GPU = "A100-80GB"
 MODEL = Expert("llama3-8b", "meta-llama/Meta-Llama-3-8B", 8.03, ExpertKind.INSTRUCT, 16.06)
 KV_BYTES = 32 * 8 * 128 * 2 * 2  # Llama-3-8B: layers x KV heads x head dim x (K, V) x bf16 bytes
 MODES = (("sum", "reserve"), ("max", "reserve"), ("sum", "paged"), ("max", "paged"))
-SOURCE = ("issue 22: Vidur (github.com/microsoft/vidur, commit 7d47513) run from its repository with its measured A100 "
-          "operator profiles of meta-llama/Meta-Llama-3-8B, TP1, vLLM scheduler, batch cap 128")  # fmt: skip
+SOURCE = ("issue 22: Vidur (github.com/microsoft/vidur) run from its repository with its measured A100 operator "
+          "profiles of meta-llama/Meta-Llama-3-8B, TP1, vLLM scheduler, batch cap 128")  # fmt: skip
 VIDUR_MAKESPAN_S = {1_000: 301.0, 10_000: 2_631.8, 100_000: 25_972.5}  # batch cap 128
 VIDUR_WALL_S = {1_000: 7.0, 10_000: 74.0, 100_000: 774.0}  # Vidur's simulation wall time, same source
 ISSUE_MOSAIC_S = {1_000: 422.4, 10_000: 4_139.5, 100_000: 41_165.6}  # (sum, reserve), cap 256, as filed
@@ -60,6 +60,7 @@ class Args:
     caps: tuple[int, ...] = (128, 256)  # engine batch caps (max_num_seqs)
     seed: int = 0  # order of the long and short requests
     fit: bool = False  # also print the fit of max_seq_share to Vidur's linear-layer times
+    max_seq_share: float = RooflineAssumptions().max_seq_share  # the max model's (e.g. 0.345: the 1-128 fit)
     out: str = "runs/calibration"  # folder for results.json, table.txt and calibration.png
 
 
@@ -70,9 +71,9 @@ def job(n: int, seed: int) -> list[SimRequest]:
     return [SimRequest(i, i, MODEL.name, 300, int(o), 0.0) for i, o in enumerate(outputs)]
 
 
-def model_cost(cap: int, step_model: str, memory_mode: str) -> ModelCost:
-    return replace(roofline_profile([MODEL], [GPU], cap, step_model=step_model).get(MODEL.name, GPU),
-                   memory_mode=memory_mode)  # fmt: skip
+def model_cost(cap: int, step_model: str, memory_mode: str, max_seq_share: float | None = None) -> ModelCost:
+    a = RooflineAssumptions() if max_seq_share is None else RooflineAssumptions(max_seq_share=max_seq_share)
+    return replace(roofline_profile([MODEL], [GPU], cap, a, step_model).get(MODEL.name, GPU), memory_mode=memory_mode)
 
 
 def simulate(items: list[SimRequest], mc: ModelCost) -> dict:
@@ -110,7 +111,8 @@ def measure(args: Args) -> list[dict]:
             row = {"cap": cap, "requests": n, "floor_s": floor_s(items, cap),
                    "vidur_s": VIDUR_MAKESPAN_S.get(n) if cap == 128 else None}  # fmt: skip
             for step_model, memory_mode in MODES:
-                row[f"{step_model}/{memory_mode}"] = simulate(items, model_cost(cap, step_model, memory_mode))
+                mc = model_cost(cap, step_model, memory_mode, args.max_seq_share)
+                row[f"{step_model}/{memory_mode}"] = simulate(items, mc)
             rows.append(row)
     return rows
 

@@ -46,3 +46,16 @@ def test_the_1k_job_reproduces_the_issue_and_lands_near_vidur(script) -> None:
     new = script.simulate(items, script.model_cost(128, "max", "paged"))["makespan_s"]
     assert abs(new / script.VIDUR_MAKESPAN_S[1000] - 1) <= 0.10 and new > script.floor_s(items, 128)
     assert script.floor_s(items, 128) == pytest.approx(187.1, abs=0.1)  # the issue's ~187 s
+
+
+def test_paper_script_runs_every_scheduler_under_both_models(tmp_path: Path) -> None:
+    out = tmp_path / "paper"
+    args = ["--configs", "gpqa", "--schedulers", "round-robin", "greedy-lpt", "--set", "workload.num_queries=40",
+            "--out", str(out)]  # fmt: skip
+    proc = subprocess.run([sys.executable, str(ROOT / "experiments" / "fidelity_paper.py"), *args],
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    rows = json.loads((out / "results.json").read_text())["rows"]
+    assert [(r["config"], r["mode"]) for r in rows] == [("gpqa", "sum/reserve"), ("gpqa", "max/paged")]
+    assert all(set(r["makespan_s"]) == {"round-robin", "greedy-lpt"} for r in rows)
+    assert "greedy-lpt speedup" in (out / "table.txt").read_text()
