@@ -31,12 +31,14 @@ class AggregateOnRelease(Policy):
         self._gpu: dict[int, str] = {}  # worker -> GPU type
 
     def decide(self, view: View, event: Event) -> Sequence[Action]:
-        if event.kind == START:
+        if event.kind == START and self._own:
             self._start(view)
         acts = list(self.inner.decide(view, event)) if event.kind in self.inner.events | {START} else []
+        if not self._own:  # the inner policy dispatches the released requests itself
+            return acts
         for a in acts:
             self._track(view, a)
-        if not self._own or event.kind != ARRIVAL:
+        if event.kind != ARRIVAL:
             return acts
         taken = {r for a in acts if isinstance(a, Dispatch) for r in a.request_ids}
         for r in event.requests:

@@ -54,11 +54,13 @@ def subset_workload(workload: Workload, ids: Sequence[int]) -> Workload:
     """``workload`` with only the requests ``ids``, renumbered 0.. in that order (queries and experts kept)."""
     reqs = workload.requests
     sub = tuple(Request(j, reqs[i].query_id, reqs[i].expert, reqs[i].prompt_tokens) for j, i in enumerate(ids))
-    routes: list[list[str]] = [[] for _ in workload.queries]
+    by_query: dict[int, list[str]] = {}
     for r in sub:
-        routes[r.query_id].append(r.expert)
-    experts = workload.experts
-    return Workload(f"{workload.name}:replan", workload.queries, experts, tuple(map(tuple, routes)),
+        by_query.setdefault(r.query_id, []).append(r.expert)
+    routes: list[tuple[str, ...]] = [()] * len(workload.queries)  # a re-plan touches few queries: O(1) per other
+    for q, experts in by_query.items():
+        routes[q] = tuple(experts)
+    return Workload(f"{workload.name}:replan", workload.queries, workload.experts, tuple(routes),
                     workload.aggregator, sub)  # fmt: skip
 
 
