@@ -1,13 +1,15 @@
-"""Where run-time work stealing helps: each planner's plan run as is vs corrected by stealing (``<planner>+steal``),
-on the runtime loop of the simulator, over several workload seeds, when lengths are mispredicted.
+"""Where run-time correction helps: each planner's plan run as is vs corrected at run time by work stealing
+(``<planner>+steal``) and by rolling re-planning (``<planner>+rolling``, where registered), on the runtime loop of
+the simulator, over several workload seeds, when lengths are mispredicted; ``--extra`` adds whole schedulers (e.g.
+``rl-reschedule``, the live RL agent) as rows of their own.
 
 Costs are predicted by ``--predictor`` (default ``noisy-oracle:0.6``: true lengths times a log-normal error of
 sigma 0.6, drawn per request from the seed; ``mean`` is the paper's per-expert means); the simulator replays the
-true lengths. For each planner the table gives the expert-stage and end-to-end makespans (mean and 95% interval
-over the seeds) and the paired ratio of ``+steal`` to the plan alone (< 1: stealing is faster).
+true lengths. For each planner the table gives the expert-stage makespan (mean and 95% interval over the seeds) of
+the plan and of each correction, and the paired ratio of each correction to the plan alone (< 1: faster).
 
-Run: ``python experiments/stealing.py --seeds 0 1 2 3 4`` (MedMCQA, 4 x A100; results.json, table.txt,
-stealing.png and an offline W&B run under ``--out``).
+Run: ``python experiments/stealing.py --seeds 0 1 2 3 4 [--extra rl-reschedule]`` (MedMCQA, 4 x A100;
+results.json, table.txt, stealing.png and an offline W&B run under ``--out``).
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from mosaic.agents import SCHEDULERS
 from mosaic.core.config import TRACKING_MODES, TrackingCfg, config_to_dict, load_config
 from mosaic.core.script_args import choice_field, parse_dataclass_args
 from mosaic.pipeline import prepare, run_scheduler
@@ -39,14 +42,21 @@ class Args:
     seeds: tuple[int, ...] = (0, 1, 2, 3, 4)  # workload (and prediction-error) seeds
     predictor: str = "noisy-oracle:0.6"  # costs.predictor the planners see
     planners: tuple[str, ...] = ("round-robin", "data-parallel", "greedy-lpt", "mosaic-ilp")
+    corrections: tuple[str, ...] = ("steal", "rolling")  # run-time corrections: <planner>+<correction>
+    extra: tuple[str, ...] = ()  # whole schedulers run beside (e.g. rl-reschedule)
     set: tuple[str, ...] = ()  # config overrides KEY=VALUE (e.g. workload.num_queries=500)
     out: str = "runs/stealing"  # folder for results.json, table.txt, stealing.png and the W&B run
     wandb: str = choice_field("offline", TRACKING_MODES)  # W&B mode of the run
 
 
+def variants(args: Args) -> dict[str, list[str]]:
+    """Planner -> its corrections that are registered (``<planner>+<correction>``)."""
+    return {p: [c for c in args.corrections if f"{p}+{c}" in SCHEDULERS] for p in args.planners}
+
+
 def measure(args: Args, console: Console) -> dict[str, dict[str, list[float]]]:
     """Scheduler name -> {"expert": [...], "end_to_end": [...]}, one value per seed (same seeds for all)."""
-    names = [n for p in args.planners for n in (p, f"{p}+steal")]
+    names = [n for p, cs in variants(args).items() for n in (p, *(f"{p}+{c}" for c in cs))] + list(args.extra)
     out: dict[str, dict[str, list[float]]] = {n: {"expert": [], "end_to_end": []} for n in names}
     with Progress(console=console) as bar:
         task = bar.add_task("simulating", total=len(args.seeds) * len(names))
@@ -63,44 +73,56 @@ def measure(args: Args, console: Console) -> dict[str, dict[str, list[float]]]:
 
 
 def summarise(args: Args, runs: dict[str, dict[str, list[float]]]) -> list[dict]:
-    """One row per planner: makespans with and without stealing, and the paired ratios."""
+    """One row per planner (and per extra scheduler): makespans of the plan and of each correction, the paired
+    ratios to the plan and on how many seeds each correction was faster."""
     rows = []
-    for p in args.planners:
+    for p, cs in [*variants(args).items(), *((x, []) for x in args.extra)]:
         row: dict = {"planner": p}
         for stage in ("expert", "end_to_end"):
-            base, steal = np.array(runs[p][stage]), np.array(runs[f"{p}+steal"][stage])
-            faster = int((steal < base * 0.999).sum())
-            row[stage] = {"plan": mean_ci(base.tolist()), "steal": mean_ci(steal.tolist()),
-                          "ratio": mean_ci((steal / base).tolist()), "faster": faster}  # fmt: skip
+            base = np.array(runs[p][stage])
+            cell: dict = {"plan": mean_ci(base.tolist())}
+            for c in cs:
+                new = np.array(runs[f"{p}+{c}"][stage])
+                cell[c] = {"value": mean_ci(new.tolist()), "ratio": mean_ci((new / base).tolist()),
+                           "faster": int((new < base * 0.999).sum())}  # fmt: skip
+            row[stage] = cell
         rows.append(row)
     return rows
 
 
 def table(args: Args, rows: list[dict]) -> Table:
-    t = Table("planner", "expert s: plan", "+steal", "ratio", "faster", "end-to-end s: plan", "+steal", "ratio",
-              title=f"work stealing on {Path(args.config).stem}, predictor {args.predictor}, {len(args.seeds)} seeds "
-              "(mean ± 95% CI; ratio = +steal / plan, paired)")  # fmt: skip
+    cols = ["scheduler", "expert s: plan"]
+    for c in args.corrections:
+        cols += [f"+{c}", "ratio", "faster"]
+    t = Table(*cols, title=f"run-time correction on {Path(args.config).stem}, predictor {args.predictor}, "
+              f"{len(args.seeds)} seeds (mean ± 95% CI; ratio = corrected / plan, paired)")  # fmt: skip
 
     def f(ci: tuple[float, float], digits: int = 1) -> str:
         return f"{ci[0]:,.{digits}f} ± {ci[1]:,.{digits}f}"
 
     for r in rows:
-        e, a = r["expert"], r["end_to_end"]
-        t.add_row(r["planner"], f(e["plan"]), f(e["steal"]), f(e["ratio"], 3), f"{e['faster']}/{len(args.seeds)}",
-                  f(a["plan"]), f(a["steal"]), f(a["ratio"], 3))  # fmt: skip
+        e, cells = r["expert"], [f(r["expert"]["plan"])]
+        for c in args.corrections:
+            cells += ([f(e[c]["value"]), f(e[c]["ratio"], 3), f"{e[c]['faster']}/{len(args.seeds)}"] if c in e
+                      else ["-", "-", "-"])  # fmt: skip
+        t.add_row(r["planner"], *cells)
     return t
 
 
 def plot(args: Args, rows: list[dict], path: Path) -> Path:
-    fig, ax = plt.subplots(figsize=(7, 3.5))
+    fig, ax = plt.subplots(figsize=(8, 3.5))
     x = np.arange(len(rows))
-    for i, (key, label) in enumerate((("plan", "plan as is"), ("steal", "+ work stealing"))):
-        ax.bar(x + (i - 0.5) * 0.38, [r["expert"][key][0] for r in rows], 0.38,
-               yerr=[r["expert"][key][1] for r in rows], label=label, capsize=3)  # fmt: skip
+    keys = [("plan", "plan as is"), *((c, f"+ {c}") for c in args.corrections)]
+    width = 0.8 / len(keys)
+    for i, (key, label) in enumerate(keys):
+        vals = [(r["expert"]["plan"] if key == "plan" else r["expert"][key]["value"]) if key in r["expert"]
+                else (np.nan, 0.0) for r in rows]  # fmt: skip
+        ax.bar(x + (i - (len(keys) - 1) / 2) * width, [v[0] for v in vals], width, yerr=[v[1] for v in vals],
+               label=label, capsize=3)  # fmt: skip
     ax.set_xticks(x, [r["planner"] for r in rows])
     ax.set_ylabel("expert-stage makespan (s)")
     ax.set_title(f"{Path(args.config).stem}, predictor {args.predictor}, {len(args.seeds)} seeds", fontsize=10)
-    ax.legend()
+    ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
@@ -124,9 +146,12 @@ def main(argv: list[str] | None = None) -> None:
     tracker = Tracker(TrackingCfg(mode=args.wandb), "stealing", {"args": asdict(args), "config": config_to_dict(cfg)},
                       out)  # fmt: skip
     try:
-        tracker.log_table("stealing", ["planner", "expert_plan_s", "expert_steal_s", "expert_ratio"],
-                          [[r["planner"], r["expert"]["plan"][0], r["expert"]["steal"][0], r["expert"]["ratio"][0]]
-                           for r in rows])  # fmt: skip
+        cols = ["planner", "expert_plan_s", *(f"expert_{c}_{k}" for c in args.corrections for k in ("s", "ratio"))]
+        data = [[r["planner"], r["expert"]["plan"][0],
+                 *(v for c in args.corrections for v in ((r["expert"][c]["value"][0], r["expert"][c]["ratio"][0])
+                                                          if c in r["expert"] else (None, None)))]
+                for r in rows]  # fmt: skip
+        tracker.log_table("stealing", cols, data)
         tracker.log_image("stealing", png)
     finally:
         tracker.finish()
