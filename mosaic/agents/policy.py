@@ -65,7 +65,8 @@ class Dispatch:
 @dataclass(frozen=True, slots=True)
 class Steal:
     """Move ``request_ids``, queued on ``source`` and not started, to the end of ``target``'s queue, in this order.
-    The head of ``source``'s queue cannot be stolen (its admission or model load may be under way)."""
+    Only :meth:`View.movable` requests move: the head of ``source``'s queue stays (its admission or model load may
+    be under way) unless it waits for the running batch to drain before its expert is loaded."""
 
     source: int
     target: int
@@ -74,7 +75,7 @@ class Steal:
 
 @dataclass(frozen=True, slots=True)
 class Withdraw:
-    """Take ``request_ids``, queued on ``worker`` behind its head and not started, back: they wait again (to be
+    """Take ``request_ids``, queued on ``worker`` and not started (:meth:`View.movable`), back: they wait again (to be
     dispatched anew, e.g. by a re-plan)."""
 
     worker: int
@@ -131,6 +132,30 @@ class View(ABC):
     @abstractmethod
     def held(self) -> int:
         """How many requests wait for prerequisites (e.g. aggregator requests before their experts answer)."""
+
+    def version(self, worker: int) -> object | None:
+        """A token that changes whenever ``worker``'s state may have changed, so that a policy can keep what it
+        read of it (None: unknown, read anew every time)."""
+        return None
+
+    def batch_size(self, worker: int) -> int:
+        """How many requests ``worker``'s batch holds now (``len(running(worker))``, which runtimes may answer
+        faster)."""
+        return len(self.running(worker))
+
+    def movable(self, worker: int) -> tuple[int, ...]:
+        """Queued requests of ``worker`` that :class:`Steal` and :class:`Withdraw` may take: those behind the head,
+        and the head too while it waits for the running batch to drain before its expert is loaded (nothing has
+        started for it)."""
+        queued = self.queued(worker)
+        if queued and self.running(worker) and self.workload.requests[queued[0]].expert != self.resident(worker):
+            return queued
+        return queued[1:]
+
+    def busy(self, worker: int) -> float:
+        """Seconds ``worker`` has served so far (its batch non-empty, prefill included); runtimes that cannot tell
+        raise NotImplementedError."""
+        raise NotImplementedError(f"{type(self).__name__} does not report busy seconds")
 
 
 class Policy(ABC):

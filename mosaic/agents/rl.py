@@ -1,10 +1,10 @@
 """Trained RL agents as MOSAIC policies (stable-baselines3 models trained by ``mosaic train``).
 
-- :class:`RLRescheduleScheduler` (``'rl-reschedule'`` in SCHEDULERS): plans by running a trained
-  ``mosaic/Reschedule-v0`` agent on the simulator with *predicted* lengths (it never sees the truth) and returns the
-  order the workers ran as a static :class:`~mosaic.core.types.Plan`. With ``start="plan"`` it starts from a base
-  scheduler's plan (MOSAIC ILP when registered) and rebalances it. The run-time benefit of rescheduling (reacting to
-  true lengths) is what ``mosaic eval-agents`` measures in the env; a static plan cannot carry it.
+- :class:`RLRescheduleScheduler` (``'rl-reschedule'`` in SCHEDULERS): a trained ``mosaic/Reschedule-v0`` agent
+  acting live: at every decision point of the runtime loop it builds the env's observation from the loop's view
+  (the engines' true state) and applies the model's action, as in the env (one shared
+  :class:`~mosaic.agents.reschedule.Rescheduler`). With ``start="plan"`` it starts from a base scheduler's plan
+  (MOSAIC ILP when registered) and reschedules it when true lengths differ from the predicted ones.
 - :func:`rl_threshold_policy`: a trained ``mosaic/AggThreshold-v0`` agent as a
   :class:`~mosaic.agents.thresholds.LearnedThresholdPolicy` (not registered in AGGREGATION_POLICIES here: the
   aggregation tests pin that registry's names; registering it as ``'rl-threshold'`` is one line for its owner).
@@ -16,21 +16,22 @@ A model ``DIR/model.zip`` comes with ``DIR/model.json`` (task, algorithm, env ar
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mosaic.agents.bounds import plan_with_estimates
-from mosaic.agents.common import empty_order
+from mosaic.agents.bounds import lower_bound
 from mosaic.agents.interface import Scheduler
-from mosaic.agents.registry import SCHEDULERS
+from mosaic.agents.registry import SCHEDULERS, make_scheduler
+from mosaic.agents.reschedule import DEFAULT_BUCKETS, ReschedulePolicy, default_plan_scheduler, obs_sizes
 from mosaic.agents.thresholds import Context, LearnedThresholdPolicy
 from mosaic.core.errors import ConfigError
-from mosaic.core.types import Cluster, Plan, Response, Responses, Workload
+from mosaic.core.types import Cluster, Plan, Workload
 from mosaic.predictors.interface import CostModel
 
 ALGO_CLASSES: Mapping[str, tuple[str, str]] = {
@@ -119,38 +120,52 @@ def _model_path(path: str | Path | None, env_var: str, what: str) -> Path:
     return Path(chosen)
 
 
-def predicted_instance(workload: Workload, costs: CostModel, cluster: Cluster,
-                       resident: Mapping[int, str | None] | None = None) -> Any:  # fmt: skip
-    """An env instance whose 'true' lengths are the cost model's predictions (what a planner may know)."""
-    from mosaic.envs.problem import Instance
-
-    table = {(r.query_id, r.expert): Response(max(round(costs.predicted_tokens(r)), 0)) for r in workload.requests}
-    return Instance(workload, Responses(table), costs, cluster, None, dict(resident or {}), workload.name)
-
-
 @SCHEDULERS.register(
-    "rl-reschedule", help="trained reschedule agent run on predicted lengths ($MOSAIC_RL_RESCHEDULE_MODEL)"
+    "rl-reschedule", help="trained reschedule agent acting live at every decision point ($MOSAIC_RL_RESCHEDULE_MODEL)"
 )
 class RLRescheduleScheduler(Scheduler):
-    """A trained ``mosaic/Reschedule-v0`` agent as a planner.
+    """A trained ``mosaic/Reschedule-v0`` agent, acting at run time on the engines' true state.
 
     ``model_path`` (default ``$MOSAIC_RL_RESCHEDULE_MODEL``); ``start`` (``empty``: the agent dispatches everything,
-    ``plan``: it rebalances ``plan_scheduler``'s plan; default: as trained). The agent runs on the simulator with
-    the cost model's predicted lengths; the plan is the order the workers ran. Deterministic: ``rng`` is unused.
+    ``plan``: it reschedules ``plan_scheduler``'s plan; default: as trained); ``max_batch``: the runtime's batch
+    cap, for the batch-fill feature (None: the profile's; the env uses its instances' cap). :meth:`plan` is the
+    start plan (or nothing ahead); :meth:`runtime_policy` is the agent at every decision point of the runtime loop
+    (:class:`~mosaic.agents.reschedule.ReschedulePolicy`: the env's observations, masks and actions).
     """
 
     name = "rl-reschedule"
 
     def __init__(self, model_path: str | Path | None = None, start: str | None = None,
-                 plan_scheduler: str | None = None) -> None:  # fmt: skip
+                 plan_scheduler: str | None = None, max_batch: int | None = None) -> None:  # fmt: skip
         self.model_path = _model_path(model_path, RESCHEDULE_MODEL_ENV, "scheduler 'rl-reschedule'")
-        self.start, self.plan_scheduler = start, plan_scheduler
+        if start not in (None, "empty", "plan"):
+            raise ConfigError(f"scheduler 'rl-reschedule': start must be 'empty' or 'plan', got {start!r}")
+        self.start, self.plan_scheduler, self.max_batch = start, plan_scheduler, max_batch
         self._agent: LoadedAgent | None = None
 
     def agent(self) -> LoadedAgent:
         if self._agent is None:
             self._agent = load_agent(self.model_path, task="reschedule")
         return self._agent
+
+    def _env_meta(self) -> dict[str, Any]:
+        """The env arguments the model was trained with (read from its metadata, without loading the model)."""
+        if self._agent is not None:
+            return self._agent.env_kwargs
+        mp = meta_path(self.model_path)
+        return dict(json.loads(mp.read_text(encoding="utf-8")).get("env", {})) if mp.is_file() else {}
+
+    def start_mode(self) -> str:
+        """``plan`` or ``empty``: as given, else as the model was trained."""
+        return self.start or str(self._env_meta().get("start", "empty"))
+
+    @property
+    def plans_ahead(self) -> bool:  # type: ignore[override]
+        return self.start_mode() == "plan"
+
+    def base_scheduler(self) -> str:
+        """The start plan's scheduler: as given, else as trained, else :func:`default_plan_scheduler`."""
+        return self.plan_scheduler or self._env_meta().get("plan_scheduler") or default_plan_scheduler()
 
     def plan(
         self,
@@ -160,28 +175,33 @@ class RLRescheduleScheduler(Scheduler):
         rng: np.random.Generator,
         resident: Mapping[int, str | None] | None = None,
     ) -> Plan:
-        if not workload.requests:
-            return plan_with_estimates(self.name, workload, costs, cluster, empty_order(cluster), resident)
-        from mosaic.envs.policies import rollout
-        from mosaic.envs.reschedule import RescheduleEnv
+        self._check_cluster(cluster)
+        if self.start_mode() == "empty":
+            bound = lower_bound(workload, costs, cluster, resident)
+            return Plan(self.name, {}, {}, math.nan, bound, {"rl_start": "empty"})
+        base_name = self.base_scheduler()
+        base = make_scheduler(base_name).plan(workload, costs, cluster, rng, resident)
+        return replace(base, scheduler=self.name, stats={**base.stats, "rl_start": "plan", "rl_base": base_name})
 
-        agent = self.agent()
-        env_kwargs = {k: v for k, v in agent.env_kwargs.items() if k in ENV_KEYS}
-        start = self.start or agent.meta.get("env", {}).get("start", "empty")
-        base = self.plan_scheduler or agent.meta.get("env", {}).get("plan_scheduler")
-        env = RescheduleEnv([predicted_instance(workload, costs, cluster, resident)], start=start,
-                            plan_scheduler=base, **env_kwargs)  # fmt: skip
-        expected = agent.model.observation_space.shape
-        if env.observation_space.shape != expected:
-            got = env.observation_space.shape
+    def runtime_policy(self, plan: Plan) -> ReschedulePolicy:
+        kw = {k: v for k, v in self._env_meta().items() if k in ENV_KEYS}
+        start = plan if self.start_mode() == "plan" else None
+        return ReschedulePolicy(self._choose, start, max_batch=self.max_batch, name=self.name, **kw)
+
+    def _choose(self, obs: np.ndarray, mask: np.ndarray) -> int:
+        return self.agent().act(obs, mask)
+
+    def _check_cluster(self, cluster: Cluster) -> None:
+        """The model's observations fit this cluster (they depend on the number of workers)."""
+        meta = self._env_meta()
+        n_buckets = len(meta.get("buckets", DEFAULT_BUCKETS)) + 1
+        got = (sum(obs_sizes(len(cluster), int(meta.get("n_slots", 8)), n_buckets)),)
+        expected = tuple(self.agent().model.observation_space.shape)
+        if expected != got:
             raise ConfigError(
                 f"RL model {self.model_path} expects observations {expected} (trained for another cluster size); "
                 f"this cluster of {len(cluster)} workers gives {got}"
             )
-        episode = rollout(env, agent.act)
-        d = env.dispatcher
-        stats = {"rl_decisions": episode.steps, "rl_start": start, "rl_steals": d.steals if d else 0}
-        return plan_with_estimates(self.name, workload, costs, cluster, episode.order, resident, stats)
 
 
 class SB3SkipModel:
@@ -189,8 +209,7 @@ class SB3SkipModel:
     clipped into the env's observation box."""
 
     def __init__(self, agent: LoadedAgent) -> None:
-        from mosaic.agents.thresholds import FEATURE_NAMES
-        from mosaic.envs.skip_tables import FEATURE_HIGH
+        from mosaic.agents.thresholds import FEATURE_HIGH, FEATURE_NAMES
 
         self.agent = agent
         self.high = np.array([FEATURE_HIGH[n] for n in FEATURE_NAMES], dtype=np.float32)

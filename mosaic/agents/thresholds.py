@@ -15,9 +15,9 @@ from typing import Any
 import numpy as np
 
 from mosaic.agents.registry import AGGREGATION_POLICIES
+from mosaic.core.aggregation import SKIP_TOLERANCE, AggregationPolicy, AlwaysAggregate, ThresholdPolicy
 from mosaic.core.errors import ConfigError, WorkloadError
 from mosaic.core.types import ExpertKind, Query
-from mosaic.runtime.aggregation import SKIP_TOLERANCE, AggregationPolicy, AlwaysAggregate, ThresholdPolicy
 
 FEATURE_NAMES: tuple[str, ...] = (
     "confidence",  # share of the k experts giving the most common answer
@@ -30,6 +30,11 @@ FEATURE_NAMES: tuple[str, ...] = (
     "log_prompt_tokens",  # log1p(query prompt tokens)
     "n_choices",  # number of answer options (0: open answer)
 )
+# Upper limits of a learned policy's observation box, in FEATURE_NAMES order (values are clipped into [0, limit]).
+FEATURE_HIGH = {
+    "confidence": 1.0, "k": 32.0, "margin": 1.0, "distinct_share": 1.0, "no_answer_share": 1.0,
+    "reasoning_share": 1.0, "log_aggregator_cost": 16.0, "log_prompt_tokens": 16.0, "n_choices": 32.0,
+}  # fmt: skip
 
 DEFAULT_TOLERANCE = 0.005  # a threshold given to two decimals (0.67) means the fraction it rounds (2/3)
 

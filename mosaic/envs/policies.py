@@ -1,5 +1,5 @@
 """Policies for ``mosaic/Reschedule-v0`` and a rollout helper: what baselines, tests, benchmarks and the RL
-scheduler share. A policy maps (observation, action mask) to an action; heuristics read the env's dispatcher.
+scheduler share. A policy maps (observation, action mask) to an action; heuristics read the env's rescheduler.
 
 - ``wait``: never move work (with ``start="plan"``: exactly the static plan, as the simulator runs it).
 - ``greedy``: keep serving the resident expert's pool, else the expert with the most pooled work, else steal from
@@ -46,9 +46,8 @@ def rollout(env: RescheduleEnv, policy: Policy, options: Mapping[str, Any] | Non
         ret += reward
         steps += 1
         done = terminated or truncated or steps >= max_steps
-    d = env.dispatcher
-    assert d is not None  # reset() built it
-    return Episode(d.makespan(), d.p.ref, ret, steps, d.order(), info, bool(truncated or not terminated))
+    return Episode(env.makespan(), env.lower_bound, ret, steps, env.schedule(), info,
+                   bool(truncated or not terminated))  # fmt: skip
 
 
 def wait_policy(env: RescheduleEnv) -> Policy:
@@ -62,23 +61,22 @@ def wait_policy(env: RescheduleEnv) -> Policy:
 
 
 def greedy_policy(env: RescheduleEnv) -> Policy:
-    """Resident expert's pool, else the largest pool, else steal, else wait (reads ``env.dispatcher``)."""
+    """Resident expert's pool, else the largest pool, else steal, else wait (reads ``env.rescheduler``)."""
 
     def act(_obs: np.ndarray, mask: np.ndarray) -> int:
-        d = env.dispatcher
-        if d is None or d.deciding is None:
+        r, loop = env.rescheduler, env.loop
+        if r is None or loop is None or r.deciding is None:
             return int(np.flatnonzero(mask)[0])
         n = env.n_slots
-        resident = d.sims[d.deciding].resident
-        slot = d.p.slot.get(resident) if resident is not None else None
-        if slot is not None and mask[slot] and d.pool_count[slot] > 0:
+        slot = r.t.slot.get(loop.resident(r.t.workers[r.deciding]))
+        if slot is not None and mask[slot] and r.pcount[slot] > 0:
             return slot
-        pooled = np.where(mask[:n] & (d.pool_count[:n] > 0), d.pool_work.sum(axis=1)[:n], -1.0)
-        if pooled.max() >= 0:
-            return int(pooled.argmax())
-        if mask[d.steal_action]:
-            return d.steal_action
-        return d.wait_action if mask[d.wait_action] else int(np.flatnonzero(mask)[0])
+        pooled = [sum(r.pwork[e]) if mask[e] and r.pcount[e] > 0 else -1.0 for e in range(n)]
+        if max(pooled) >= 0:
+            return pooled.index(max(pooled))
+        if mask[r.steal_action]:
+            return r.steal_action
+        return r.wait_action if mask[r.wait_action] else int(np.flatnonzero(mask)[0])
 
     return act
 

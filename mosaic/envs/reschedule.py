@@ -1,4 +1,9 @@
-"""``mosaic/Reschedule-v0``: decide at run time what each GPU worker serves next, on the discrete-event simulator."""
+"""``mosaic/Reschedule-v0``: decide at run time what each GPU worker serves next, on the runtime loop.
+
+The env is a thin adapter: :class:`~mosaic.runtime.loop.SimLoop` runs the engines and stops at events, a
+:class:`~mosaic.agents.reschedule.Rescheduler` (in ``mosaic.agents``) turns events into decision points,
+observations and masks and the agent's actions into the loop's (Dispatch / Steal).
+"""
 
 from __future__ import annotations
 
@@ -9,45 +14,90 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from mosaic.agents.reschedule import (
+    DEFAULT_BUCKETS,
+    OBS_BLOCKS,
+    OBS_HIGH,
+    Rescheduler,
+    RescheduleTables,
+    default_plan_scheduler,
+    obs_sizes,
+)
 from mosaic.core.errors import ConfigError
+from mosaic.core.trace import EXPERT_STAGE, TraceWriter
 from mosaic.core.types import Plan
-from mosaic.envs.dispatch import _ACTIVE, DEFAULT_BUCKETS, Dispatcher, Prepared
 from mosaic.envs.problem import Instance
+from mosaic.runtime.loop import SimLoop
+from mosaic.runtime.sim import SimBackend
 
-OBS_HIGH = 16.0  # every observation entry is clipped to [0, OBS_HIGH]
-# the observation's blocks in order: name -> (rows, columns) as functions of (workers W, expert slots S, buckets B)
-OBS_BLOCKS = {
-    "resident": lambda w, s, b: (w, s + 1),  # resident expert, one-hot (last column: none)
-    "deciding": lambda w, s, b: (w, 1),  # the worker whose decision is pending
-    "queued": lambda w, s, b: (w, 1),  # predicted seconds queued
-    "admitted": lambda w, s, b: (w, 1),  # predicted seconds admitted, not yet covered by busy time
-    "batch_fill": lambda w, s, b: (w, 1),  # batch size / max batch
-    "waiting": lambda w, s, b: (w, 1),  # waiting flag (chose wait)
-    "pooled": lambda w, s, b: (s, b),  # predicted seconds pooled per predicted-length bucket
-    "stealable": lambda w, s, b: (s, 1),  # predicted seconds queued elsewhere that this worker may steal
-    "load": lambda w, s, b: (s, 1),  # load seconds
-    "serving": lambda w, s, b: (s, 1),  # workers queueing or holding the expert / W
-    "elapsed": lambda w, s, b: (1, 1),  # simulated seconds so far
-    "pooled_total": lambda w, s, b: (1, 1),
-    "queued_total": lambda w, s, b: (1, 1),
-}
-_SECONDS_BLOCKS = ("queued", "admitted", "pooled", "stealable", "load", "elapsed", "pooled_total", "queued_total")
 START_MODES = ("empty", "plan")
 INSTANCE_ORDERS = ("random", "cycle")
 REWARD_REFS = ("lower_bound", "plan", "round-robin")
+Start = tuple[SimLoop, Rescheduler, bool]  # an episode at its first decision point (and whether work is left)
+
+
+class Prepared:
+    """What every episode on one instance shares (built once): the rescheduler's tables, the simulator backend,
+    the start plans and static makespans (caches), and the episodes' first decision points (resets copy them)."""
+
+    def __init__(self, inst: Instance, n_slots: int, buckets: Sequence[float] = DEFAULT_BUCKETS) -> None:
+        self.inst = inst
+        self.tables = RescheduleTables.build(inst.workload, inst.costs, inst.cluster, inst.resident, n_slots, buckets,
+                                             inst.max_batch)  # fmt: skip
+        self.backend = SimBackend(inst.responses, inst.costs, inst.max_batch)
+        self.plans: dict[str, Plan] = {}  # scheduler name -> its plan of this instance (cache)
+        self.static_makespans: dict[str, float] = {}  # scheduler name -> simulated makespan of its plan (cache)
+        self.starts: dict[str | None, Start] = {}  # start plan's scheduler (None: no plan) -> first decision point
+        self.start_obs: dict[str | None, np.ndarray] = {}  # the same -> its observation
+
+    @property
+    def ref(self) -> float:
+        """Seconds: the lower bound of the predicted lengths (the observation's unit)."""
+        return self.tables.ref
+
+    def loop(self) -> SimLoop:
+        """A fresh loop of the instance's expert stage (timing only: the engines make no records)."""
+        inst = self.inst
+        return SimLoop(self.backend, EXPERT_STAGE, inst.workload, inst.costs, inst.cluster, TraceWriter(None), 0.0,
+                       inst.resident, keep_records=False)  # fmt: skip
+
+    def simulate(self, plan: Plan) -> float:
+        """Simulated makespan of ``plan`` run as is (true lengths, the instance's resident experts)."""
+        inst = self.inst
+        with TraceWriter(None) as trace:
+            stage = self.backend.run_stage(EXPERT_STAGE, plan, inst.workload, inst.cluster, trace, 0.0, inst.resident)
+        return stage.makespan
+
+
+def run_to_decision(loop: SimLoop, r: Rescheduler) -> bool:
+    """Run ``loop`` to ``r``'s next decision point (applying what was decided); False once every request ran.
+    Once nothing waits, nothing is queued and every request is dispatched, no decision can come: the engines run
+    to the end in one go."""
+    while r.next_decision(loop) is None:
+        loop.apply(r.take())
+        if not r.pool_total and not loop.undispatched() and not any(map(loop.queued, r.t.workers)):
+            loop.run_out()
+            return False
+        event = loop.advance()
+        if event is None:
+            return False
+        r.notice(loop, event)
+    return True
 
 
 class RescheduleEnv(gym.Env[np.ndarray, int]):
     """
     ## Description
 
-    One episode runs the expert stage of one workload in the simulator (:mod:`mosaic.runtime.sim_worker`). A
-    decision point comes when a worker's queue runs dry (it went idle, or admitted its last queued request) while
-    work is left that it could take. The agent picks what that worker serves next. With ``start="empty"`` every
+    One episode runs the expert stage of one workload on the runtime loop (:class:`~mosaic.runtime.loop.SimLoop`
+    over the simulator's engines); one step is one decision point of the loop: a worker's queue ran dry (it went
+    idle, or admitted its last queued request) while work is left that it could take. The agent picks what that
+    worker serves next. With ``start="empty"`` every
     request starts in a pool and the agent dispatches all of it (RL alone); with ``start="plan"`` the workers start
     with a scheduler's plan (default: the MOSAIC ILP when registered, else greedy LPT) and the agent reschedules
     when true lengths differ from the predicted ones (prediction error is its reason to exist). Every second comes
-    from the simulator; the env only moves requests (see :mod:`mosaic.envs.dispatch`).
+    from the loop; the env only translates actions (:class:`~mosaic.agents.reschedule.Rescheduler`, which the live
+    agent ``rl-reschedule`` shares, so that it acts as in the env).
 
     ## Action Space
 
@@ -55,7 +105,8 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
 
     - ``0 .. n_slots-1``: serve expert ``e``: take a quantum (``quantum_frac`` x lower bound seconds) of its pooled
       requests, longest predicted first; with none pooled, steal the tail half of its queued work from the worker
-      holding the most of it (replication). The worker loads ``e`` when needed (after draining its batch).
+      holding the most of it (replication). The worker loads ``e`` when needed (after draining its batch). Only
+      requests the loop lets move are stolen (behind a queue's head, or a head that waits for its batch to drain).
     - ``n_slots``: steal the tail half of the queued work of the most loaded worker's last expert.
     - ``n_slots + 1``: wait: ask this worker again when it has gone idle (when idle: when another worker has).
 
@@ -125,6 +176,8 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
         render_mode: str | None = None,
     ) -> None:
         _check_modes(start, instance_order, reward_ref, render_mode, self.metadata["render_modes"])
+        if not quantum_frac > 0:
+            raise ConfigError(f"reschedule env: quantum_frac must be > 0, got {quantum_frac}")
         if instances is None:
             from mosaic.envs.instances import config_instances
 
@@ -146,13 +199,11 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
             raise ConfigError(f"reschedule env: {len(plans)} start plans for {len(self.instances)} instances")
         self.plans = tuple(plans) if plans is not None else None  # instance -> start plan (None: plan_scheduler's)
         self._prepared: list[Prepared | None] = [None] * len(self.instances)
-        self._start_states: list[tuple[Dispatcher, bool] | None] = [None] * len(self.instances)  # _first_decision
-        shapes = [block(self.n_workers, n_slots, len(self.buckets) + 1) for block in OBS_BLOCKS.values()]
-        self._obs_sizes = [rows * cols for rows, cols in shapes]
-        size = sum(self._obs_sizes)
-        self.observation_space = spaces.Box(0.0, OBS_HIGH, (size,), np.float32)
+        self._obs_sizes = obs_sizes(self.n_workers, n_slots, len(self.buckets) + 1)
+        self.observation_space = spaces.Box(0.0, OBS_HIGH, (sum(self._obs_sizes),), np.float32)
         self.action_space = spaces.Discrete(n_slots + 2)
-        self.dispatcher: Dispatcher | None = None
+        self.loop: SimLoop | None = None  # the episode's runtime loop
+        self.rescheduler: Rescheduler | None = None  # the episode's decision state
         self._last_time = 0.0
         self._done = False
 
@@ -166,41 +217,36 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
             raise ConfigError(f"reschedule env: options['instance'] must be in 0..{len(self.instances) - 1}")
         given = options.get("plan")
         plan = self.plan_of(index) if given is None and self.start == "plan" else given
-        self.dispatcher, more = self._first_decision(index, plan, given is not None)
+        self.loop, self.rescheduler, more = self._first_decision(index, plan, given is not None)
         self._ref = self._reward_ref(index, plan, given is not None)
         self._last_time = 0.0
         self._done = not more
-        return self._obs(), self._info(False) | {"instance": index}
+        return self._start_obs(index, plan, given is not None), self._info(False) | {"instance": index}
 
     def step(self, action: int) -> tuple[np.ndarray, float, bool, bool, dict]:
-        d = self._dispatcher()
+        loop, r = self._episode()
         invalid = False
         if not self._done:
-            a = int(action)
-            invalid = not d.is_valid(a)
-            d.apply(self._fallback(d.valid_actions(d.deciding)) if invalid else a)
-            self._done = not d.advance()
-        now = d.makespan() if self._done else d.now
+            invalid = not r.act(loop, int(action))
+            self._done = not run_to_decision(loop, r)
+        now = self.makespan() if self._done else loop.clock
         reward = -(now - self._last_time) / self._ref
         self._last_time = now
         return self._obs(), float(reward), self._done, False, self._info(invalid)
 
     def action_masks(self) -> np.ndarray:
         """Valid actions at the current decision point (all but wait are invalid once the episode is over)."""
-        d = self._dispatcher()
-        if self._done or d.deciding is None:
-            mask = np.zeros(self.n_slots + 2, dtype=bool)
-            mask[d.wait_action] = True
-            return mask
-        return d.valid_actions(d.deciding)
+        return self._episode()[1].mask()
 
     def render(self) -> str | None:
         if self.render_mode != "ansi":
             return None
-        d = self._dispatcher()
-        rows = [f"t={d.now:.1f}s deciding={d.deciding} pooled={d.pool_total} makespan={d.makespan():.1f}s"]
-        for i, sim in enumerate(d.sims):
-            rows.append(f"  worker {d.ids[i]}: resident={sim.resident} batch={sim.batch_size} queued={sim.queued}")
+        loop, r = self._episode()
+        deciding = None if r.deciding is None else r.t.workers[r.deciding]
+        rows = [f"t={loop.clock:.1f}s deciding={deciding} pooled={r.pool_total} makespan={self.makespan():.1f}s"]
+        for w in loop.cluster.ids:
+            rows.append(f"  worker {w}: resident={loop.resident(w)} batch={len(loop.running(w))} "
+                        f"queued={len(loop.queued(w))}")  # fmt: skip
         return "\n".join(rows)
 
     def _next_instance(self) -> int:
@@ -210,27 +256,57 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
             return (self._episodes - 1) % n
         return int(self.np_random.integers(n))
 
+    # --- the episode ---------------------------------------------------------------------------------------------
+
+    def makespan(self) -> float:
+        """When the episode's last request finished so far (0 before any)."""
+        loop, _ = self._episode()
+        return loop.last_end()
+
+    def schedule(self) -> dict[int, list[int]]:
+        """Worker id -> request ids in the order they ran (the episode's schedule, once finished): the order each
+        worker got them in (its queue runs first in, first out), stolen ones taken out."""
+        _, r = self._episode()
+        return {w: list(ids) for w, ids in zip(r.t.workers, r.order, strict=True)}
+
+    @property
+    def lower_bound(self) -> float:
+        """Seconds: the current instance's lower bound (the observation's unit)."""
+        return self._episode()[1].t.ref
+
     # --- instances and plans -----------------------------------------------------------------------------------
 
     def prepared(self, index: int) -> Prepared:
-        """The per-instance arrays of instance ``index`` (built on first use)."""
+        """What the episodes of instance ``index`` share (built on first use)."""
         prep = self._prepared[index]
         if prep is None:
             prep = self._prepared[index] = Prepared(self.instances[index], self.n_slots, self.buckets)
         return prep
 
-    def _first_decision(self, index: int, plan: Plan | None, given: bool) -> tuple[Dispatcher, bool]:
-        """A dispatcher of instance ``index`` run to its first decision point, and whether work is left. Nothing
-        is decided before that point, so it is simulated once per instance and later resets start from a copy
-        (``given``: a start plan from ``reset`` options, not cached)."""
-        start = None if given else self._start_states[index]
+    def _first_decision(self, index: int, plan: Plan | None, given: bool) -> Start:
+        """Instance ``index``'s loop run to its first decision point, its decision state, and whether work is left.
+        Nothing is decided before that point, so it is run once per instance and start plan; later resets start
+        from a copy (``given``: a start plan from ``reset`` options, not cached)."""
+        prep = self.prepared(index)
+        key = None if plan is None else plan.scheduler
+        start = None if given else prep.starts.get(key)
         if start is None:
-            d = Dispatcher(self.prepared(index), self.n_slots, self.quantum_frac, plan)
-            start = (d, d.advance())
+            loop, r = prep.loop(), Rescheduler(prep.tables, self.quantum_frac, plan)
+            r.notice(loop, loop.begin(r.events, "reschedule-env"))
+            start = (loop, r, run_to_decision(loop, r))
             if given:
                 return start
-            self._start_states[index] = start
-        return start[0].copy(), start[1]
+            prep.starts[key] = start
+        return start[0].copy(), start[1].copy(), start[2]
+
+    def _start_obs(self, index: int, plan: Plan | None, given: bool) -> np.ndarray:
+        """The observation at the first decision point (the same at every reset from the same start: cached)."""
+        if given:
+            return self._obs()
+        starts, key = self.prepared(index).start_obs, None if plan is None else plan.scheduler
+        if key not in starts:
+            starts[key] = self._obs()
+        return starts[key].copy()
 
     def plan_of(self, index: int) -> Plan:
         """The start plan of instance ``index``: the one given in ``plans``, else :attr:`plan_scheduler`'s (cached)."""
@@ -264,23 +340,17 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
 
     # --- helpers -----------------------------------------------------------------------------------------------
 
-    def _dispatcher(self) -> Dispatcher:
-        if self.dispatcher is None:
+    def _episode(self) -> tuple[SimLoop, Rescheduler]:
+        if self.loop is None or self.rescheduler is None:
             raise ConfigError("reschedule env: call reset() before step()")
-        return self.dispatcher
-
-    def _fallback(self, mask: np.ndarray) -> int:
-        d = self._dispatcher()
-        pooled = np.where(mask[: self.n_slots], d.pool_work.sum(axis=1) + 1e-12, -1.0)
-        if pooled.max() >= 0:
-            return int(pooled.argmax())
-        return d.steal_action if mask[d.steal_action] else d.wait_action
+        return self.loop, self.rescheduler
 
     def _info(self, invalid: bool) -> dict[str, Any]:
-        d = self._dispatcher()
-        return {"time": float(d.now), "makespan": float(d.makespan()), "lower_bound": float(d.p.ref),
-                "reward_ref_s": float(self._ref),
-                "invalid_action": invalid, "steals": d.steals, "takes": d.takes, "waits": d.waits}  # fmt: skip
+        loop, r = self._episode()
+        end = loop.last_end()
+        return {"time": float(max(loop.clock, end) if self._done else loop.clock), "makespan": float(end),
+                "lower_bound": float(r.t.ref), "reward_ref_s": float(self._ref), "invalid_action": invalid,
+                "steals": r.steals, "takes": r.takes, "waits": r.waits}  # fmt: skip
 
     def obs_fields(self, obs: np.ndarray) -> dict[str, np.ndarray]:
         """One observation vector cut into the named blocks of :data:`OBS_BLOCKS` (views, shaped (rows, columns))."""
@@ -294,49 +364,9 @@ class RescheduleEnv(gym.Env[np.ndarray, int]):
         return {name: part.reshape(block(n_w, n_s, n_b)) for (name, block), part in blocks}
 
     def _obs(self) -> np.ndarray:
-        """The observation (see the class docstring): raw values (seconds, counts) gathered in one list, block by
-        block (one pass over the workers), then scaled by :meth:`_obs_scale` and clipped in three array calls. It
-        runs on every step: plain loops and list operations (profiled faster than comprehensions or array calls
-        at these sizes)."""
-        d = self._dispatcher()
-        p, n_s, n_w, qwork = d.p, self.n_slots, self.n_workers, d.qwork
-        obs: list[float] = [0.0] * ((n_s + 2) * n_w)  # resident one-hot + deciding
-        if d.deciding is not None and not self._done:
-            obs[(n_s + 1) * n_w + d.deciding] = 1.0
-        queued = list(map(sum, qwork))
-        admitted, fill, waiting = [], [], []
-        serving = [n_w - col.count(0.0) for col in zip(*qwork, strict=True)]  # queued work is never negative
-        slot_of, max_batch = p.slot, p.max_batch_list
-        for i, (sim, row, a, m) in enumerate(zip(d.sims, qwork, d.admitted_pred, d.mode, strict=True)):
-            k = slot_of.get(sim.resident, n_s)  # the resident expert's slot (n_s: none)
-            obs[i * (n_s + 1) + k] = 1.0
-            if k < n_s and not row[k]:
-                serving[k] += 1  # it holds the expert without queueing it
-            left = a - sim.busy_s
-            admitted.append(left if left > 0.0 else 0.0)
-            fill.append(sim.batch_size / max_batch[k])
-            waiting.append(m != _ACTIVE)
-        obs += queued
-        obs += admitted
-        obs += fill
-        obs += waiting
-        for row in d.pwork:
-            obs += row
-        obs += d.stealable_by_expert()
-        obs += p.load_list
-        obs += serving
-        obs += (d.now, sum(map(sum, d.pwork)), sum(queued))
-        out = np.array(obs, dtype=float)
-        out *= self._obs_scale(p)
-        return np.minimum(out, OBS_HIGH, out=out).astype(np.float32)  # every raw value is >= 0
-
-    def _obs_scale(self, p: Prepared) -> np.ndarray:
-        """Per-entry factors of the raw observation of instance ``p``: 1 / lower bound for seconds, 1 / W for the
-        serving counts, 1 for flags and fractions (cached per instance)."""
-        if p.obs_scale is None:
-            factor = {name: 1.0 / p.ref for name in _SECONDS_BLOCKS} | {"serving": 1.0 / self.n_workers}
-            p.obs_scale = np.repeat([factor.get(name, 1.0) for name in OBS_BLOCKS], self._obs_sizes)
-        return p.obs_scale
+        """The observation of the pending decision (see the class docstring; built by the rescheduler)."""
+        loop, r = self._episode()
+        return r.observation(loop)
 
 
 def _check_modes(start: str, order: str, reward_ref: str, render_mode: str | None, renders: list[str]) -> None:
@@ -350,18 +380,6 @@ def _check_modes(start: str, order: str, reward_ref: str, render_mode: str | Non
                           f"got {reward_ref!r} with start={start!r}")  # fmt: skip
     if render_mode is not None and render_mode not in renders:
         raise ConfigError(f"reschedule env: render_mode must be None or one of {renders}, got {render_mode!r}")
-
-
-def default_plan_scheduler() -> str:
-    """``mosaic-ilp`` when the MOSAIC ILP scheduler is importable, else ``greedy-lpt``."""
-    from mosaic.agents import SCHEDULERS
-
-    if "mosaic-ilp" not in SCHEDULERS:
-        try:
-            import mosaic.agents.ilp_scheduler  # noqa: F401  (registers 'mosaic-ilp')
-        except ImportError:
-            return "greedy-lpt"
-    return "mosaic-ilp" if "mosaic-ilp" in SCHEDULERS else "greedy-lpt"
 
 
 def plan_instance(inst: Instance, scheduler: str) -> Plan:

@@ -12,20 +12,15 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mosaic.agents.thresholds import FEATURE_NAMES, features
+from mosaic.agents.thresholds import FEATURE_HIGH, FEATURE_NAMES, features
+from mosaic.core.aggregation import confidence
 from mosaic.core.errors import WorkloadError
 from mosaic.core.trace import AGGREGATION_STAGE, TraceWriter
 from mosaic.core.types import Cluster, Expert, ExpertKind, Responses, Workload
 from mosaic.envs.problem import Instance
-from mosaic.runtime.aggregation import confidence
 from mosaic.runtime.executor import aggregation_workload, is_correct
 from mosaic.runtime.sim import SimBackend
 
-# Upper limits of the observation box, in FEATURE_NAMES order (values are clipped into [0, limit]).
-FEATURE_HIGH = {
-    "confidence": 1.0, "k": 32.0, "margin": 1.0, "distinct_share": 1.0, "no_answer_share": 1.0,
-    "reasoning_share": 1.0, "log_aggregator_cost": 16.0, "log_prompt_tokens": 16.0, "n_choices": 32.0,
-}  # fmt: skip
 AGGREGATOR_PARAMS_B = 8.0  # a RouterBench aggregator is timed as an 8B model (the paper's aggregators are 7-9B)
 
 

@@ -28,6 +28,24 @@ DEFAULT_MAX_TOKENS = 256
 MAX_TOKENS_PER_MEAN = 4  # default max_tokens = this x the expert's mean_output_tokens
 
 
+# Environment every engine process gets unless the caller set it (see RUNTIME_NOTES: CPU needs a KV space).
+ENGINE_ENV_DEFAULTS = {
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine core in-process: 2-6 s start, clean shutdown
+    "VLLM_NO_USAGE_STATS": "1",
+    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache per engine on CPU
+    "RAY_AUTH_MODE": "disabled",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def apply_env_defaults(env: dict[str, str] | None = None) -> dict[str, str]:
+    """``env`` (default: ``os.environ``) with :data:`ENGINE_ENV_DEFAULTS` filled in where unset."""
+    target = os.environ if env is None else env
+    for k, v in ENGINE_ENV_DEFAULTS.items():
+        target.setdefault(k, v)
+    return dict(target)
+
+
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
     """How one expert runs on a real engine."""

@@ -12,15 +12,19 @@ decisions at the same states, in fewer calls.
 Gated requests (:class:`Gates`) are held until their prerequisites finish (an aggregator request until its
 query's experts have answered), then released as arrivals or cancelled (the query skips the aggregator).
 
-:meth:`SimLoop.decisions` is the loop as a generator (it yields each event, takes the actions as its reply), for
-callers that decide one event at a time from outside (the Gymnasium environments); :meth:`SimLoop.run` drives it
-with a :class:`~mosaic.agents.policy.Policy`.
+The loop is a resumable state machine: :meth:`SimLoop.begin` returns the ``start`` event, :meth:`SimLoop.apply`
+applies actions, :meth:`SimLoop.advance` runs to the next event (None at the end), and :meth:`SimLoop.copy` branches
+the run between events (the Gymnasium environments reset from a copy of their first decision point).
+:meth:`SimLoop.run` drives it with a :class:`~mosaic.agents.policy.Policy`; :meth:`SimLoop.decisions` is the same
+as a generator (it yields each event, takes the actions as its reply).
 """
 
 from __future__ import annotations
 
 import heapq
+import itertools
 import math
+import operator
 from collections.abc import Generator, Mapping, Sequence
 from dataclasses import replace
 from typing import Any, Protocol
@@ -46,10 +50,13 @@ from mosaic.core.trace import Record, RequestRecord, TraceWriter
 from mosaic.core.types import Cluster, Response, Responses, Workload
 from mosaic.predictors.interface import CostModel
 from mosaic.runtime.interface import Gates, StageResult
-from mosaic.runtime.sim_worker import ARRIVAL_EPS, SimRequest, WorkerSim
+from mosaic.runtime.sim_worker import ARRIVAL_EPS, SimRequest, WorkerSim, discard
 
 INF = float("inf")
 _MANY = 1 << 62  # "no limit" on the number of events
+_NEW, _AT_START, _RUNNING, _DONE = range(4)  # phases: before begin(), at the start event, running, ended
+_ID = operator.itemgetter(0)  # a SimRequest's request_id
+_TICKETS = itertools.count(1)  # worker versions: never the same twice in a process (a copy keeps its original's)
 Decisions = Generator[Event, Sequence[Action], None]
 
 
@@ -59,6 +66,19 @@ class Engines(Protocol):
     def make_worker(self, worker: Any, stage: str, start: float, resident: str | None, emit: Any) -> WorkerSim: ...
 
     def sim_requests(self, workload: Workload, request_ids: tuple[int, ...], out: Any) -> list[SimRequest]: ...
+
+
+# every attribute of a SimLoop (``SimLoop.copy``; a test checks that the list is complete), and those copied (the
+# others never change once built, or are replaced: sims, trace)
+_LOOP_STATE = ("lookahead", "keep_records", "workload", "costs", "cluster", "stage", "trace", "start", "gates",
+               "seen", "items", "_undispatched", "_ready", "_arrivals", "_next_arrival", "_late", "_wakes",
+               "_finished", "_just_finished", "_held", "_dependents", "_released", "_pre_records", "_clock",
+               "_backend", "_resident", "sims", "_phase", "_name", "_events", "_tracked", "_wants_arrival", "_fast",
+               "_pending", "_times", "_versions")  # fmt: skip
+_COPIED = frozenset({"seen", "items", "_undispatched", "_ready", "_late", "_wakes", "_finished", "_just_finished",
+                     "_held", "_released", "_pre_records", "_pending", "_times",
+                     "_versions"})  # fmt: skip
+_GATED = frozenset({"seen", "items", "_held", "_released", "_pre_records"})  # changed by gates only
 
 
 class SimLoop(View):
@@ -76,10 +96,13 @@ class SimLoop(View):
         resident: Mapping[int, str | None] | None = None,
         gates: Gates | None = None,
         lookahead: bool = True,
+        keep_records: bool = True,
     ) -> None:
         """``lookahead``: let a worker run ahead when no decision can come from elsewhere (False: strict lockstep,
-        for tests; the same records either way)."""
-        self.lookahead = lookahead
+        for tests; the same records either way). ``keep_records`` False: the engines make no records (faster, for
+        callers that need only the timing: the Gymnasium envs); the trace stays empty, :meth:`finished` is not
+        available, and neither are ``finish`` events or gates."""
+        self.lookahead, self.keep_records = lookahead, keep_records
         self.workload, self.costs, self.cluster, self.stage = workload, costs, cluster, stage
         self.trace, self.start, self.gates = trace, float(start), gates
         self.seen: dict[tuple[int, str], Response] = {}
@@ -99,6 +122,12 @@ class SimLoop(View):
         self._clock = self.start
         self._backend, self._resident = backend, dict(resident or {})
         self.sims: dict[int, WorkerSim] = {}
+        self._phase, self._name, self._events = _NEW, "policy", frozenset()
+        self._tracked = self._wants_arrival = self._fast = False
+        self._pending: list[Event] = []  # events to hand out before the loop advances again
+        self._times: dict[int, tuple[float, float]] = {}  # worker -> (its next event's end, no decision can come
+        # from it before): _tick's cache, dropped when the loop touches the worker
+        self._versions: dict[int, int] = {}  # worker -> its version (View.version; unique in the process)
         if gates is not None:
             self._gate(gates)
 
@@ -132,10 +161,17 @@ class SimLoop(View):
         self._arrive(self._clock)
 
     def queued(self, worker: int) -> tuple[int, ...]:
-        return tuple(r.request_id for r in self.sims[worker].pending())
+        return tuple(map(_ID, self.sims[worker].pending()))
 
     def running(self, worker: int) -> tuple[int, ...]:
-        return tuple(r.request_id for r in self.sims[worker].running())
+        return tuple(map(_ID, self.sims[worker].running()))
+
+    def version(self, worker: int) -> object | None:
+        return self._versions.get(worker)
+
+    def batch_size(self, worker: int) -> int:
+        sim = self.sims.get(worker)
+        return sim.batch_size if sim is not None else 0
 
     def resident(self, worker: int) -> str | None:
         sim = self.sims.get(worker)
@@ -147,68 +183,150 @@ class SimLoop(View):
         return (expert, sim.next_event_time()) if expert is not None else None
 
     def finished(self) -> Mapping[int, float]:
+        if not self.keep_records:
+            raise PlanError("finished(): this loop keeps no records (keep_records=False)")
         return self._finished
 
     def held(self) -> int:
         return sum(1 for k in self._held.values() if k > 0)
 
+    def busy(self, worker: int) -> float:
+        sim = self.sims.get(worker)
+        return sim.busy_s if sim is not None else 0.0
+
+    def last_end(self) -> float:
+        """When the last request finished so far (the start before any)."""
+        return max([s.last_end for s in self.sims.values()], default=self.start)
+
     # --- the loop ------------------------------------------------------------------------------------------------
 
     def run(self, policy: Policy) -> StageResult:
         """Ask ``policy`` at the start, then at every event it wants, until every engine is idle."""
-        steps = self.decisions(policy.events, policy.name)
-        try:
-            event = next(steps)
-            while True:
-                event = steps.send(policy.decide(self, event))
-        except StopIteration:
-            pass
+        event: Event | None = self.begin(policy.events, policy.name)
+        while event is not None:
+            self.apply(policy.decide(self, event))
+            event = self.advance()
         return self.result()
 
     def decisions(self, events: frozenset[str] = frozenset(), name: str = "policy") -> Decisions:
         """The loop as a generator: yields each event of the kinds in ``events`` (and ``start``), takes the actions
         to apply as the reply to each; ends when every engine is idle (then :meth:`result`)."""
-        tracked = bool(events) or self.gates is not None
-        emit = self._emit if tracked else self.trace.write  # a static plan needs no completion tracking
+        event: Event | None = self.begin(events, name)
+        while event is not None:
+            self.apply((yield event))
+            event = self.advance()
+
+    def begin(self, events: frozenset[str] = frozenset(), name: str = "policy") -> Event:
+        """Start the stage for a policy that wants ``events`` (besides ``start``): builds the engines and returns
+        the ``start`` event; then :meth:`apply` the policy's actions and :meth:`advance`, until it returns None."""
+        if self._phase != _NEW:
+            raise PlanError("the loop has begun already (one run per SimLoop; copy() to branch)")
+        self._events, self._name = frozenset(events), name
+        self._tracked = bool(events) or self.gates is not None
+        if not self.keep_records and (FINISH in self._events or self.gates is not None):
+            raise PlanError("a loop that keeps no records has no finish events and no gates")
+        emit = None if self._tracked else self.trace.write  # a static plan needs no completion tracking; tracked:
+        # each engine keeps its records until _collect (so that copy() copies them with the engine)
+        emit = emit if self.keep_records else discard
         self.sims = {w.id: self._backend.make_worker(w, self.stage, self.start, self._resident.get(w.id), emit)
                      for w in self.cluster.workers}  # fmt: skip
-        self._apply((yield Event(START, self._clock)), first=True)
+        for w in self.sims:
+            self._touched(w)
+        self._phase = _AT_START
+        return Event(START, self._clock)
+
+    def apply(self, actions: Sequence[Action]) -> None:
+        """Apply a policy's actions now, in order (the view shows them at once; call it between events)."""
+        if self._phase not in (_AT_START, _RUNNING):
+            raise PlanError("apply: the loop has not begun, or it has ended")
+        self._apply(actions, self._phase == _AT_START)
+
+    def advance(self) -> Event | None:
+        """Run to the next event the policy wants and return it; None once every engine is idle (then
+        :meth:`result`). Raises :class:`PlanError` when requests are left that no worker holds."""
+        if self._phase == _AT_START:
+            self._start_running()
+        notices = self._pending
+        while not notices:
+            if self._phase != _RUNNING:
+                return None
+            notices = self._pending = self._tick()
+        return notices.pop(0)
+
+    def run_out(self) -> None:
+        """Run every engine to the end without handing out any more events, for a policy that knows it will
+        decide nothing more (nothing is left to dispatch, steal or wait for); then :meth:`result`. Raises
+        :class:`PlanError` when requests are left that no worker holds."""
+        if self._phase == _AT_START:
+            self._start_running()
+        if self._phase != _RUNNING:
+            return
+        for sim in self.sims.values():
+            sim.run_until_idle()
+            self._collect(sim)
+        self._pending = []
+        for w in self.sims:
+            self._touched(w)
+        self._clock = max(self._clock, self.last_end())
+        self._finish()
+
+    def undispatched(self) -> int:
+        """How many requests no worker holds (waiting, not arrived yet, or held by their gates)."""
+        return len(self._undispatched)
+
+    def _start_running(self) -> None:
         self._released = []  # released before the start: waiting already
-        if not tracked:
+        if not self._tracked:
             for sim in self.sims.values():
                 sim.run_until_idle()
-        else:
-            yield from self._lockstep(events)
+            self._finish()
+            return
+        events = self._events
+        self._wants_arrival = ARRIVAL in events
+        self._fast = self.lookahead and FINISH not in events and self.gates is None
+        if self._arrivals is None:
+            self._track_arrivals()
+        self._phase = _RUNNING
+        self._pending = self._start_notices(events)
+
+    def _finish(self) -> None:
+        self._phase = _DONE
         if self._undispatched:
             left, n = list(self._undispatched)[:5], len(self._undispatched)
             held = f" ({self.held()} still held by their gates)" if self.held() else ""
-            raise PlanError(f"policy {name!r} left {n} request(s) undispatched{held}, e.g. {left}")
+            raise PlanError(f"policy {self._name!r} left {n} request(s) undispatched{held}, e.g. {left}")
 
-    def _lockstep(self, events: frozenset[str]) -> Decisions:
-        """Apply the earliest event, one at a time (an arrival goes first on a tie, then engines, then wake-ups),
-        and yield the events the policy wants."""
-        wants_arrival = ARRIVAL in events
-        fast = self.lookahead and FINISH not in events and self.gates is None
-        if self._arrivals is None:
-            self._track_arrivals()
-        notices = self._start_notices(events)
-        while True:
-            for ev in notices:
-                self._apply((yield ev))
-            w, t = min(((w, s.next_event_time()) for w, s in self.sims.items()), key=lambda p: p[1])
-            ta = self._arrival_time() if wants_arrival else INF
-            tw = self._wakes[0] if self._wakes else INF
-            if ta <= t and ta <= tw and ta < INF:
-                notices = self._arrival_notice(ta)
-            elif tw < t:
-                self._clock = max(self._clock, heapq.heappop(self._wakes))
-                self._arrive(self._clock)
-                notices = [Event(WAKE, self._clock)] if WAKE in events else []
-            elif t == INF:
-                return
-            else:
-                limit = min(math.nextafter(ta, -INF), tw, self._calm(w)) if fast else -INF
-                notices = self._advance(w, limit, events)
+    def _tick(self) -> list[Event]:
+        """Apply the earliest event (an arrival goes first on a tie, then engines, then wake-ups); the events it
+        gives the policy."""
+        events, fast, times = self._events, self._fast, self._times
+        w, t, w1, b1, b2 = -1, INF, -1, INF, INF  # the earliest worker; the two lowest bounds
+        for u, s in self.sims.items():  # one plain pass: the hot path
+            c = times.get(u)
+            if c is None:
+                x = s.next_event_time()
+                c = times[u] = (x, s.dry_bound() if fast and s.queued >= 2 else x)
+            if c[0] < t:
+                w, t = u, c[0]
+            if c[1] < b1:
+                w1, b1, b2 = u, c[1], b1
+            elif c[1] < b2:
+                b2 = c[1]
+        ta = self._arrival_time() if self._wants_arrival else INF
+        tw = self._wakes[0] if self._wakes else INF
+        if ta <= t and ta <= tw and ta < INF:
+            return self._arrival_notice(ta)
+        if tw < t:
+            self._clock = max(self._clock, heapq.heappop(self._wakes))
+            self._arrive(self._clock)
+            return [Event(WAKE, self._clock)] if WAKE in events else []
+        if t == INF:
+            self._finish()
+            return []
+        # calm: no other worker can call for a decision before its bound (its dry bound with 2+ queued, else its
+        # next event)
+        limit = min(math.nextafter(ta, -INF), tw, b2 if w1 == w else b1) if fast else -INF
+        return self._advance(w, t, limit, events)
 
     def _start_notices(self, events: frozenset[str]) -> list[Event]:
         out = [Event(DRY, self._clock, w) for w, s in self.sims.items() if not s.queued] if DRY in events else []
@@ -222,22 +340,24 @@ class SimLoop(View):
         arrived = tuple(list(self._ready)[before:])
         return [Event(ARRIVAL, self._clock, None, arrived)] if arrived else []
 
-    def _calm(self, w: int) -> float:
-        """No other worker can call for a decision before this (its dry bound with 2+ queued, else its next event)."""
-        return min((s.dry_bound() if s.queued >= 2 else s.next_event_time() for u, s in self.sims.items() if u != w),
-                   default=INF)  # fmt: skip
+    def _touched(self, w: int) -> None:
+        """Worker ``w`` changed (or is about to): its cached times go (:meth:`_tick`), it gets a new version."""
+        self._times.pop(w, None)
+        self._versions[w] = next(_TICKETS)
 
-    def _advance(self, w: int, limit: float, events: frozenset[str]) -> list[Event]:
-        """Worker ``w``'s next event (and, up to ``limit``, the ones after it that call for no decision); the
-        events that follow from them, with the other workers caught up to the same moment."""
+    def _advance(self, w: int, t: float, limit: float, events: frozenset[str]) -> list[Event]:
+        """Worker ``w``'s next event (ending at ``t``; and, up to ``limit``, the ones after it that call for no
+        decision); the events that follow from them, with the other workers caught up to the same moment."""
         sim = self.sims[w]
-        had, was_idle, ahead = sim.queued, sim.is_idle, limit > sim.next_event_time()
+        had, was_idle, ahead = sim.queued, sim.is_idle, limit > t
         if not ahead:
             sim.step()
         elif had:
             sim.advance_until_dry(limit)
         else:
             sim.advance(limit, _MANY)
+        self._collect(sim)
+        self._touched(w)
         self._clock = max(self._clock, sim.clock)
         self._arrive(self._clock)
         notices = self._notices(w, bool(had), was_idle, events)
@@ -251,6 +371,8 @@ class SimLoop(View):
             if u != w and (s.next_event_time() < now or (u < w and s.next_event_time() == now)):
                 had, was_idle = s.queued, s.is_idle
                 s.advance_until_dry(now) if had else s.advance(now, _MANY)
+                self._collect(s)
+                self._touched(u)
                 out += self._notices(u, bool(had), was_idle, events)
         return out
 
@@ -274,6 +396,8 @@ class SimLoop(View):
     def _arrival_time(self) -> float:
         """When the next undispatched request arrives (inf: none left to arrive)."""
         order, items, undispatched = self._arrivals or [], self.items, self._undispatched
+        if self._next_arrival >= len(order) and not self._late:
+            return INF  # everything has arrived (the common case once a batch is in)
         while self._next_arrival < len(order) and order[self._next_arrival] not in undispatched:
             self._next_arrival += 1
         late = self._late[0][0] if self._late else INF
@@ -283,6 +407,8 @@ class SimLoop(View):
         """Every undispatched request that has arrived by ``t`` becomes waiting (when arrivals are tracked)."""
         order, items, undispatched = self._arrivals or [], self.items, self._undispatched
         i = self._next_arrival
+        if i >= len(order) and not self._late:
+            return
         while i < len(order) and items[order[i]].arrival <= t + ARRIVAL_EPS:
             if order[i] in undispatched:
                 self._ready[order[i]] = None
@@ -292,6 +418,23 @@ class SimLoop(View):
             r = heapq.heappop(self._late)[1]
             if r in undispatched:
                 self._ready[r] = None
+
+    def _collect(self, sim: WorkerSim) -> None:
+        """Hand the records ``sim`` made in its last call on (a tracked run's engines keep them until then)."""
+        recs = sim.records
+        if not recs:
+            return
+        if self.gates is None:  # the common case, inlined (env steps make a few records each)
+            finished, just, write = self._finished, self._just_finished, self.trace.write
+            for rec in recs:
+                if type(rec) is RequestRecord:
+                    finished[rec.request_id] = rec.end
+                    just.append(rec.request_id)
+                write(rec)
+        else:
+            for rec in recs:
+                self._emit(rec)
+        recs.clear()
 
     def _emit(self, rec: Record) -> None:
         if isinstance(rec, RequestRecord):
@@ -342,9 +485,11 @@ class SimLoop(View):
                 raise PlanError(f"a policy returned {a!r}, which is not an action (Dispatch, Steal, Withdraw, WakeAt)")
 
     def _sim(self, worker: int, action: Action) -> WorkerSim:
+        """The worker an action names (which it changes: its cached bound goes)."""
         sim = self.sims.get(worker)
         if sim is None:
             raise PlanError(f"{action!r} names worker {worker}, which is not in the cluster {sorted(self.sims)}")
+        self._touched(worker)
         return sim
 
     def _dispatch(self, a: Dispatch, first: bool) -> None:
@@ -361,14 +506,22 @@ class SimLoop(View):
             for r in ids:
                 ready.pop(r, None)
         items = [self.items[r] for r in a.request_ids]
-        sim.enqueue(items) if first else sim.enqueue(items, now=self._clock)
+        if first:
+            sim.enqueue(items)
+        else:
+            sim.enqueue(items, now=self._clock)
+            self._collect(sim)
 
     def _behind_head(self, worker: int, ids: tuple[int, ...], a: Action) -> WorkerSim:
+        """The source worker of a Steal / Withdraw of ``ids`` (all movable: :meth:`View.movable`)."""
         source = self._sim(worker, a)
-        movable = {r.request_id for r in source.pending()[1:]}
+        pending = source.pending()
+        free = pending and source.batch_size and pending[0].expert != source.resident  # waits for the drain
+        movable = {r.request_id for r in (pending if free else pending[1:])}
         bad = [r for r in ids if r not in movable]
         if bad or len(set(ids)) != len(ids):
-            raise PlanError(f"{a!r}: request(s) {bad or 'listed twice'} cannot move (not queued behind the head)")
+            raise PlanError(f"{a!r}: request(s) {bad or 'listed twice'} cannot move (not queued behind the head, "
+                            f"nor a head waiting for the batch to drain)")  # fmt: skip
         return source
 
     def _steal(self, a: Steal) -> None:
@@ -377,6 +530,7 @@ class SimLoop(View):
         source, target = self._behind_head(a.source, a.request_ids, a), self._sim(a.target, a)
         taken = {r.request_id: r for r in source.remove_pending(a.request_ids)}
         target.enqueue([taken[r] for r in a.request_ids], now=self._clock)
+        self._collect(target)
 
     def _withdraw(self, a: Withdraw) -> None:
         self._behind_head(a.worker, a.request_ids, a).remove_pending(a.request_ids)
@@ -387,6 +541,27 @@ class SimLoop(View):
                 self._ready[r] = None
             else:
                 heapq.heappush(self._late, (arrival, r))
+
+    def copy(self, trace: TraceWriter | None = None) -> SimLoop:
+        """An independent copy of the loop at this moment (between events), which writes its records to ``trace``
+        (default: an in-memory trace holding a copy of the records so far; a trace to a file must be given). It
+        shares what never changes (workload, costs, backend, gates: a gate's ``release`` must then be
+        stateless). Only a loop that tracks events (or has not begun) can be copied: a static run ends in one go."""
+        if self._phase != _NEW and not self._tracked:
+            raise PlanError("copy: a loop running a static plan (no events) cannot be copied")
+        if trace is None:
+            if self.trace.path is not None:
+                raise PlanError(f"copy: this loop writes to {self.trace.path}; give the copy a trace of its own")
+            trace = TraceWriter(None)
+            trace.records = self.trace.records[:]
+        new = object.__new__(SimLoop)
+        copied = _COPIED if self.gates is not None else _COPIED - _GATED  # without gates these never change
+        for name in _LOOP_STATE:
+            value = getattr(self, name)
+            setattr(new, name, type(value)(value) if name in copied else value)
+        new.sims = {w: s.copy() for w, s in self.sims.items()}
+        new.trace = trace
+        return new
 
     def result(self) -> StageResult:
         """The stage as run (after :meth:`decisions` ended)."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 import itertools
 import statistics
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any
@@ -176,10 +176,10 @@ def weights_gb(path: str) -> float:
     return sum(f.stat().st_size for f in files) / 1e9
 
 
-def profile_engine(expert: str, spec: Mapping[str, Any], options: Mapping[str, Any]) -> dict[str, Any]:
-    """Measure ``expert`` (engine settings ``spec``) in this process; ``{"cost": ModelCost fields, "meta": ...}``."""
-    from mosaic.runtime.vllm_worker import Engine
-
+def profile_engine(expert: str, spec: Mapping[str, Any], options: Mapping[str, Any],
+                   engine_cls: Callable[[str, Mapping[str, Any]], Any]) -> dict[str, Any]:  # fmt: skip
+    """Measure ``expert`` (engine settings ``spec``) in this process, in engines ``engine_cls(expert, spec)`` (the
+    worker's :class:`~mosaic.runtime.vllm_worker.Engine`); ``{"cost": ModelCost fields, "meta": ...}``."""
     opts = ProfileOptions.from_mapping(options)
     rng = np.random.default_rng(opts.seed)
     loads, frees = [], []
@@ -190,7 +190,7 @@ def profile_engine(expert: str, spec: Mapping[str, Any], options: Mapping[str, A
             engine.close()
             frees.append(time.perf_counter() - t)
         t = time.perf_counter()
-        engine = Engine(expert, spec)
+        engine = engine_cls(expert, spec)
         loads.append(time.perf_counter() - t)
     assert engine is not None
     vc = engine.engine.vllm_config

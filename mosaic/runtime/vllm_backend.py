@@ -24,13 +24,13 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mosaic.core.answers import extract_choice, extract_number, normalize_number
 from mosaic.core.errors import MosaicError
+from mosaic.core.prompts import CHOICE_FORMAT, NUMERIC_FORMAT, build_aggregator_prompt
 from mosaic.core.trace import AGGREGATION_STAGE, LoadRecord, RequestRecord, TraceWriter, finished_requests, read_trace
 from mosaic.core.types import Cluster, Plan, Query, Response, Responses, Workload
-from mosaic.runtime.answers import extract_choice, extract_number, normalize_number
-from mosaic.runtime.engine_spec import ModelSpec, check_local_paths, resolve_models
+from mosaic.runtime.engine_spec import ModelSpec, apply_env_defaults, check_local_paths, resolve_models
 from mosaic.runtime.interface import Backend, StageResult
-from mosaic.runtime.prompts import CHOICE_FORMAT, NUMERIC_FORMAT, build_aggregator_prompt
 from mosaic.runtime.registry import BACKENDS
 
 PYTHON_ENV = "MOSAIC_VLLM_PYTHON"
@@ -106,8 +106,6 @@ def detect_device() -> str:
 
 def worker_env(index: int, n: int, device: str, devices: Mapping[int, str] | None = None) -> dict[str, str]:
     """Environment of worker ``index`` of ``n``: its GPU, or its CPU cores and threads."""
-    from mosaic.runtime.vllm_worker import apply_env_defaults
-
     env = apply_env_defaults(dict(os.environ))
     root = str(Path(__file__).resolve().parents[2])
     env["PYTHONPATH"] = root + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")

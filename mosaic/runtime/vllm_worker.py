@@ -26,14 +26,8 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
-# Environment every engine process gets unless the caller set it (see RUNTIME_NOTES: CPU needs a KV space).
-ENGINE_ENV_DEFAULTS = {
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",  # engine core in-process: 2-6 s start, clean shutdown
-    "VLLM_NO_USAGE_STATS": "1",
-    "VLLM_CPU_KVCACHE_SPACE": "1",  # GiB of KV cache per engine on CPU
-    "RAY_AUTH_MODE": "disabled",
-    "TOKENIZERS_PARALLELISM": "false",
-}
+from mosaic.runtime.engine_spec import ENGINE_ENV_DEFAULTS, apply_env_defaults  # noqa: F401  (re-exported)
+
 DEFAULT_MAX_MODEL_LEN = 2048
 KV_ENV = "VLLM_CPU_KVCACHE_SPACE"  # GiB; vLLM's CPU platform lets it override kv_cache_memory_bytes
 # Imported when a worker starts (~12 s on CPU), so that a model load times the engine start only.
@@ -55,14 +49,6 @@ def pin_cpus() -> None:
             os.sched_setaffinity(0, {int(c) for c in cpus.split(",") if c.strip()})
         except (OSError, ValueError) as err:
             print(f"mosaic worker: cannot pin to CPUs {cpus!r}: {err}", file=sys.stderr)
-
-
-def apply_env_defaults(env: dict[str, str] | None = None) -> dict[str, str]:
-    """``env`` (default: ``os.environ``) with :data:`ENGINE_ENV_DEFAULTS` filled in where unset."""
-    target = os.environ if env is None else env
-    for k, v in ENGINE_ENV_DEFAULTS.items():
-        target.setdefault(k, v)
-    return dict(target)
 
 
 def _memory_share(spec: Mapping[str, Any]) -> dict[str, float]:
@@ -313,7 +299,8 @@ def handle(worker: EngineWorker, cmd: Mapping[str, Any]) -> Iterator[Event]:
 
         worker.close()
         try:
-            yield {"event": "profile", **profile_engine(cmd["expert"], cmd["spec"], cmd.get("options") or {})}
+            options = cmd.get("options") or {}
+            yield {"event": "profile", **profile_engine(cmd["expert"], cmd["spec"], options, Engine)}
         except Exception as err:
             yield _error(cmd["expert"], "profile", err)
     elif kind == "ping":

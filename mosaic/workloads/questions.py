@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 
 from mosaic.core.errors import WorkloadError
+from mosaic.core.prompts import estimate_tokens
 from mosaic.core.types import Query
-from mosaic.runtime.prompts import estimate_tokens
 
 TEXT_KEYS = ("question", "text", "prompt", "query", "input")
 GOLD_KEYS = ("gold_answer", "gold", "answer", "label")

@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 import functools
-from collections import deque
 
 import numpy as np
 import pytest
 
+from mosaic.agents.reschedule import _STATE as _RESCHEDULER_STATE
 from mosaic.core.errors import ConfigError
 from mosaic.core.trace import EXPERT_STAGE, TraceWriter
 from mosaic.core.types import plan_from_order
-from mosaic.envs.dispatch import _DISPATCHER_STATE, Dispatcher
 from mosaic.envs.policies import heuristic, random_policy, rollout
-from mosaic.envs.reschedule import RescheduleEnv, plan_instance
+from mosaic.envs.reschedule import RescheduleEnv, plan_instance, run_to_decision
+from mosaic.runtime.loop import SimLoop
 from mosaic.runtime.sim import SimBackend
 
 
@@ -41,11 +41,11 @@ def test_same_seed_same_rollout(start: str, small_instances) -> None:
 
 @pytest.mark.parametrize("start", ["empty", "plan"])
 def test_lookahead_gives_the_lockstep_rollout(start: str, noisy_instances, monkeypatch) -> None:
-    """Advancing queued workers up to the others' dry bounds (then catching the rest up before a decision) sees
-    the same states, rewards and masks as advancing every worker one event time at a time."""
+    """The loop's run-ahead (queued workers advance up to the others' dry bounds, the rest catch up before a
+    decision) sees the same states, rewards and masks as its strict lockstep."""
     make = lambda: RescheduleEnv(noisy_instances, start=start, plan_scheduler="greedy-lpt")  # noqa: E731
     ahead = _trajectory(make(), 3, 400)
-    monkeypatch.setattr("mosaic.envs.reschedule.Dispatcher", functools.partial(Dispatcher, lookahead=False))
+    monkeypatch.setattr("mosaic.envs.reschedule.SimLoop", functools.partial(SimLoop, lookahead=False))
     assert _trajectory(make(), 3, 400) == ahead
 
 
@@ -66,27 +66,27 @@ def test_cached_start_gives_the_fresh_rollout(start: str, noisy_instances) -> No
     assert cached == _trajectory(_Uncached(noisy_instances, **kw), 5, 600)
 
 
-def test_dispatcher_copy_is_complete_and_independent(noisy_instances) -> None:
+def test_episode_copy_is_complete_and_independent(noisy_instances) -> None:
+    """The episode state (the loop and the rescheduler) copies completely: the copy and the original, driven alike
+    from the same moment, end alike; the original is not moved by the copy's run."""
     env = RescheduleEnv(noisy_instances)
     env.reset(seed=0, options={"instance": 0})
     for _ in range(3):
         env.step(int(np.flatnonzero(env.action_masks())[-1]))
-    d = env.dispatcher
-    twin = d.copy()
-    assert set(vars(twin)) == set(vars(d)) == set(_DISPATCHER_STATE)
-    for name, value in vars(d).items():
-        if isinstance(value, list | set | deque) and name != "ids":
-            assert vars(twin)[name] is not value, name
-            if isinstance(value, list) and value and isinstance(value[0], list | deque):
-                assert all(a is not b for a, b in zip(vars(twin)[name], value, strict=True)), name
+    loop, r = env.loop, env.rescheduler
+    twin_loop, twin = loop.copy(), r.copy()
+    assert set(vars(twin)) == set(vars(r)) == set(_RESCHEDULER_STATE)
+    for name in ("mode", "assigned", "pool", "pwork", "pcount", "_asks", "_actions"):
+        assert getattr(twin, name) is not getattr(r, name), name
+    assert all(a is not b for a, b in zip(twin.pool, r.pool, strict=True))
     runs = []
-    for disp in (twin, d):  # the copy first: the original must still be where the copy started
+    for lp, rs in ((twin_loop, twin), (loop, r)):  # the copy first: the original must still be where it started
         rng = np.random.default_rng(0)
-        while disp.deciding is not None:
-            disp.apply(int(rng.choice(np.flatnonzero(disp.valid_actions(disp.deciding)))))
-            if not disp.advance():
+        while rs.deciding is not None:
+            rs.act(lp, int(rng.choice(np.flatnonzero(rs.mask()))))
+            if not run_to_decision(lp, rs):
                 break
-        runs.append((disp.order(), disp.makespan(), disp.steals, disp.takes, disp.waits))
+        runs.append((rs.order, lp.last_end(), rs.steals, rs.takes, rs.waits))
     assert runs[0] == runs[1]
 
 
@@ -107,35 +107,59 @@ def test_observations_in_space_and_masks_valid(small_instances) -> None:
 
 
 def _expected_fields(env: RescheduleEnv) -> dict[str, np.ndarray]:
-    """The observation's blocks recomputed from the dispatcher's and the simulated workers' state."""
-    d, n_s = env.dispatcher, env.n_slots
-    p, sims, w = d.p, d.sims, len(d.sims)
-    slots = [p.slot.get(s.resident, n_s) for s in sims]
-    qcount = np.array(d.qcount)
-    serving = (qcount > 0).sum(axis=0).astype(float)
-    for i, k in enumerate(slots):
-        if k < n_s and qcount[i, k] == 0:
+    """The observation's blocks recomputed from the loop's view alone: a copy of the loop with the actions decided
+    at this event applied (the view shows the state before them), the order each worker got its requests in (its
+    admitted ones: those no longer queued), and the decision's worker and modes."""
+    r, n_s = env.rescheduler, env.n_slots
+    t, w = r.t, env.n_workers
+    view = env.loop.copy()
+    view.apply(r.decided)
+    pred, slot_of = np.array(t.pred), np.array(t.expert_of)
+    queues = [list(view.queued(x)) for x in t.workers]
+    slots = [t.slot.get(view.resident(x), n_s) for x in t.workers]
+    fill = [[len(view.running(x)) / t.max_batch[k]] for x, k in zip(t.workers, slots, strict=True)]
+    qwork = np.zeros((w, n_s))
+    for i, q in enumerate(queues):
+        np.add.at(qwork[i], slot_of[q], pred[q])
+    serving = (qwork > 0).sum(axis=0).astype(float)
+    steal = qwork.copy()
+    for i, (q, k) in enumerate(zip(queues, slots, strict=True)):
+        if k < n_s and qwork[i, k] == 0:
             serving[k] += 1
-    steal = np.array(d.stealable())
+        movable = view.movable(t.workers[i])
+        if q and movable[:1] != (q[0],):  # the head stays, and no work of an expert whose load is under way moves
+            head = slot_of[q[0]]
+            loading = not view.running(t.workers[i]) and head != k
+            steal[i, head] = 0.0 if loading else qwork[i, head] - pred[q[0]]
+    if r.deciding is not None:
+        steal[r.deciding] = 0.0
+    admitted = np.zeros(w)
+    for i, (x, got) in enumerate(zip(t.workers, r.order, strict=True)):  # what it got and no longer queues
+        ids = [q for q in got if q not in set(queues[i])]
+        admitted[i] = max(pred[ids].sum() - view.busy(x), 0.0)
+    pooled = np.zeros((n_s, len(env.buckets) + 1))
+    for q in view.waiting():
+        pooled[slot_of[q], t.bucket[q]] += pred[q]
     return {
         "resident": np.eye(n_s + 1)[slots],
-        "deciding": np.eye(w)[d.deciding][:, None] if d.deciding is not None else np.zeros((w, 1)),
-        "queued": np.array(d.qwork).sum(axis=1, keepdims=True) / p.ref,
-        "admitted": np.array([[max(a - s.busy_s, 0.0)] for a, s in zip(d.admitted_pred, sims, strict=True)]) / p.ref,
-        "batch_fill": np.array([[s.batch_size / p.max_batch_list[k]] for s, k in zip(sims, slots, strict=True)]),
-        "pooled": d.pool_work / p.ref,
-        "stealable": steal.sum(axis=0)[:, None] / p.ref,
-        "load": p.load_s[:, None] / p.ref,
+        "deciding": np.eye(w)[r.deciding][:, None] if r.deciding is not None else np.zeros((w, 1)),
+        "queued": qwork.sum(axis=1, keepdims=True) / t.ref,
+        "admitted": admitted[:, None] / t.ref,
+        "batch_fill": np.array(fill),
+        "waiting": np.array([[m != 0] for m in r.mode], dtype=float),
+        "pooled": pooled / t.ref,
+        "stealable": steal.sum(axis=0)[:, None] / t.ref,
+        "load": np.array(t.load)[:, None] / t.ref,
         "serving": serving[:, None] / w,
-        "elapsed": np.array([[d.now / p.ref]]),
-        "pooled_total": np.array([[d.pool_work.sum() / p.ref]]),
-        "queued_total": np.array([[np.array(d.qwork).sum() / p.ref]]),
+        "elapsed": np.array([[view.clock / t.ref]]),
+        "pooled_total": np.array([[pooled.sum() / t.ref]]),
+        "queued_total": np.array([[qwork.sum() / t.ref]]),
     }
 
 
 def test_observation_fields_mirror_the_state(small_instances) -> None:
-    """Every block of the observation (cut by ``obs_fields``) holds what the dispatcher and workers hold, scaled
-    and clipped as documented; the valid serve actions are the experts with pooled or stealable work."""
+    """Every block of the observation (cut by ``obs_fields``) holds what the loop's view shows, scaled and clipped
+    as documented; the valid serve actions are the experts with waiting or stealable work."""
     env = RescheduleEnv(small_instances)
     policy = random_policy(np.random.default_rng(1))
     obs, _ = env.reset(seed=0, options={"instance": 1})
@@ -147,9 +171,9 @@ def test_observation_fields_mirror_the_state(small_instances) -> None:
             np.testing.assert_allclose(fields[name], np.minimum(want, 16.0), rtol=1e-6, atol=1e-7, err_msg=name)
         assert set(np.unique(fields["waiting"])) <= {0.0, 1.0}
         mask = env.action_masks()
-        if env.dispatcher.deciding is not None:
+        if env.rescheduler.deciding is not None:
             decisions += 1
-            have = (np.array(env.dispatcher.pcount) > 0) | (fields["stealable"][:, 0] > 0)
+            have = (fields["pooled"].sum(axis=1) > 0) | (fields["stealable"][:, 0] > 0)
             np.testing.assert_array_equal(mask[: env.n_slots], have)
         obs, _, done, _, _ = env.step(policy(obs, mask))
         if done:
