@@ -104,7 +104,8 @@ class RescheduleTables:
 
 
 Rows = tuple[tuple[int, ...], list[float], list[int], float]  # a queue, its work and count per slot, its total
-Seen = tuple[object, Rows, int, int, float]  # a worker as read: (its View.version, rows, resident slot, batch, busy)
+Seen = tuple[object, Rows, int, int, float, list[float]]  # a worker as read: (its View.version, rows, resident
+# slot, batch, busy seconds, stealable row)
 
 
 def queue_rows(queue: tuple[int, ...], t: RescheduleTables) -> Rows:
@@ -126,7 +127,24 @@ def read_worker(view: View, w: int, t: RescheduleTables, last: Seen | None) -> S
         return last
     q = view.queued(w)
     rows = last[1] if last is not None and last[1][0] == q else queue_rows(q, t)
-    return version, rows, t.slot.get(view.resident(w), t.n_slots), view.batch_size(w), view.busy(w)
+    resident, batch = t.slot.get(view.resident(w), t.n_slots), view.batch_size(w)
+    return version, rows, resident, batch, view.busy(w), stealable_row(q, rows[1], rows[2], resident, batch, t)
+
+
+def stealable_row(q: Sequence[int], work: list[float], count: list[int], resident: int, batch: int,
+                  t: RescheduleTables) -> list[float]:  # fmt: skip
+    """Slot -> predicted seconds of queue ``q`` (``work``, ``count`` per slot) that others may steal: what may
+    move (:meth:`View.movable`), and none of the expert whose load is under way (its batch drained, the head needs
+    another expert: moving that expert's work would waste the load)."""
+    row = work[:]
+    if q:
+        e = t.expert_of[q[0]]
+        if e == resident or not batch:  # else the head waits for the drain: it may move too
+            if count[e] == 1 or e != resident:  # e != resident here: its load is under way
+                row[e] = 0.0
+            else:
+                row[e] = max(row[e] - t.pred[q[0]], MIN_WORK)
+    return row
 
 
 class Snapshot:
@@ -134,7 +152,7 @@ class Snapshot:
     ``cache``: worker index -> :data:`Seen` (updated here). A worker's rows are shared with the cache until a move
     changes them (copy on write: most events move nothing)."""
 
-    __slots__ = ("_owned", "batch", "busy", "qcount", "qsum", "queues", "qwork", "resident")
+    __slots__ = ("_owned", "_steal", "batch", "busy", "qcount", "qsum", "queues", "qwork", "resident")
 
     def __init__(self, view: View, t: RescheduleTables, cache: list[Seen | None]) -> None:
         seen = [read_worker(view, w, t, last) for w, last in zip(t.workers, cache, strict=True)]
@@ -147,6 +165,7 @@ class Snapshot:
         self.resident: list[int] = [x[2] for x in seen]  # worker -> slot of its resident expert (n_slots: none)
         self.batch: list[int] = [x[3] for x in seen]
         self.busy: list[float] = [x[4] for x in seen]  # worker -> seconds served so far
+        self._steal: list[list[float] | None] = [x[5] for x in seen]  # worker -> stealable row (None: stale)
         self._owned = [False] * len(t.workers)
 
     def copy(self) -> Snapshot:
@@ -155,13 +174,14 @@ class Snapshot:
         new.queues, new.qwork, new.qcount = [list(q) for q in self.queues], [w[:] for w in self.qwork], [
             c[:] for c in self.qcount]  # fmt: skip
         new.qsum, new.resident, new.batch, new.busy = self.qsum[:], self.resident, self.batch, self.busy
-        new._owned = [True] * len(self.batch)
+        new._owned, new._steal = [True] * len(self.batch), self._steal[:]  # steal rows: never modified
         return new
 
     def _own(self, i: int) -> None:
         if not self._owned[i]:
             self.queues[i], self.qwork[i], self.qcount[i] = list(self.queues[i]), self.qwork[i][:], self.qcount[i][:]
             self._owned[i] = True
+        self._steal[i] = None
 
     def idle(self, i: int) -> bool:
         return not self.queues[i] and not self.batch[i]
@@ -196,19 +216,14 @@ class Snapshot:
         return self.queues[i] if self.head_free(i, t) else self.queues[i][1:]
 
     def stealable(self, i: int, t: RescheduleTables) -> list[float]:
-        """Slot -> predicted seconds queued on worker ``i`` that others may steal: what may move, and none of the
-        expert whose load is under way there (its batch drained, the head needs another expert: moving that
-        expert's work would waste the load)."""
-        q, row = self.queues[i], self.qwork[i][:]
-        if q:
-            e = t.expert_of[q[0]]
-            if e == self.resident[i] or not self.batch[i]:  # else the head waits for the drain: it may move too
-                if self.qcount[i][e] == 1 or e != self.resident[i]:  # e != resident here: its load is under way
-                    row[e] = 0.0
-                else:
-                    row[e] = max(row[e] - t.pred[q[0]], MIN_WORK)
+        """Slot -> predicted seconds queued on worker ``i`` that others may steal (:func:`stealable_row`; cached
+        until a move changes the worker: do not modify)."""
+        row = self._steal[i]
+        if row is None:
+            row = self._steal[i] = stealable_row(self.queues[i], self.qwork[i], self.qcount[i], self.resident[i],
+                                                 self.batch[i], t)  # fmt: skip
         return row
 
 
 __all__ = ["DEFAULT_BUCKETS", "MIN_WORK", "OBS_BLOCKS", "OBS_HIGH", "RescheduleTables", "Rows", "Seen", "Snapshot",
-           "obs_sizes", "queue_rows", "read_worker"]  # fmt: skip
+           "obs_sizes", "queue_rows", "read_worker", "stealable_row"]  # fmt: skip
