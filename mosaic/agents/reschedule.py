@@ -226,7 +226,7 @@ class Rescheduler:
             return d[1]
         snap, t = self._snap, self.t
         assert snap is not None
-        steal = [snap.stealable(v, t) for v in range(t.n_workers)]
+        steal = snap.stealable_rows(t)
         steal[i] = [0.0] * t.n_slots
         by_expert = list(map(sum, zip(*steal, strict=True)))
         mask = list(map(bool, map(add, self.pcount, by_expert)))  # waiting or stealable (both are >= 0)
@@ -244,7 +244,7 @@ class Rescheduler:
         snap, t = self._snap, self.t
         if snap is None:
             return [0.0] * t.n_slots
-        return list(map(sum, zip(*(snap.stealable(v, t) for v in range(t.n_workers)), strict=True)))
+        return list(map(sum, zip(*snap.stealable_rows(t), strict=True)))
 
     # --- actions -----------------------------------------------------------------------------------------------
 

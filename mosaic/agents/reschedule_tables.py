@@ -155,18 +155,21 @@ class Snapshot:
     __slots__ = ("_owned", "_steal", "batch", "busy", "qcount", "qsum", "queues", "qwork", "resident")
 
     def __init__(self, view: View, t: RescheduleTables, cache: list[Seen | None]) -> None:
-        seen = [read_worker(view, w, t, last) for w, last in zip(t.workers, cache, strict=True)]
-        cache[:] = seen
-        rows = [x[1] for x in seen]
-        self.queues: list[Sequence[int]] = [r[0] for r in rows]
-        self.qwork: list[list[float]] = [r[1] for r in rows]  # worker x slot -> predicted seconds queued
-        self.qcount: list[list[int]] = [r[2] for r in rows]  # worker x slot -> requests queued
-        self.qsum: list[float] = [r[3] for r in rows]  # worker -> predicted seconds queued
-        self.resident: list[int] = [x[2] for x in seen]  # worker -> slot of its resident expert (n_slots: none)
-        self.batch: list[int] = [x[3] for x in seen]
-        self.busy: list[float] = [x[4] for x in seen]  # worker -> seconds served so far
-        self._steal: list[list[float] | None] = [x[5] for x in seen]  # worker -> stealable row (None: stale)
-        self._owned = [False] * len(t.workers)
+        for i, w in enumerate(t.workers):  # the common case first: the worker has not changed since it was read
+            last = cache[i]
+            if last is None or last[0] is None or last[0] != view.version(w):
+                cache[i] = read_worker(view, w, t, last)
+        _, rows, resident, batch, busy, steal = map(list, zip(*cache, strict=True))
+        queues, qwork, qcount, qsum = map(list, zip(*rows, strict=True))
+        self.queues: list[Sequence[int]] = queues
+        self.qwork: list[list[float]] = qwork  # worker x slot -> predicted seconds queued
+        self.qcount: list[list[int]] = qcount  # worker x slot -> requests queued
+        self.qsum: list[float] = qsum  # worker -> predicted seconds queued
+        self.resident: list[int] = resident  # worker -> slot of its resident expert (n_slots: none)
+        self.batch: list[int] = batch
+        self.busy: list[float] = busy  # worker -> seconds served so far
+        self._steal: list[list[float] | None] = steal  # worker -> stealable row (None: stale)
+        self._owned = [False] * len(queues)
 
     def copy(self) -> Snapshot:
         """An independent copy (every row its own)."""
@@ -214,6 +217,13 @@ class Snapshot:
     def movable(self, i: int, t: RescheduleTables) -> Sequence[int]:
         """Worker ``i``'s queued requests that may move (:meth:`View.movable`)."""
         return self.queues[i] if self.head_free(i, t) else self.queues[i][1:]
+
+    def stealable_rows(self, t: RescheduleTables) -> list[list[float]]:
+        """Every worker's :meth:`stealable` row (a new list of the cached rows: do not modify the rows)."""
+        if None in self._steal:
+            for i in range(len(self._steal)):
+                self.stealable(i, t)
+        return self._steal[:]  # type: ignore[return-value]  # no None left
 
     def stealable(self, i: int, t: RescheduleTables) -> list[float]:
         """Slot -> predicted seconds queued on worker ``i`` that others may steal (:func:`stealable_row`; cached

@@ -56,6 +56,7 @@ INF = float("inf")
 _MANY = 1 << 62  # "no limit" on the number of events
 _NEW, _AT_START, _RUNNING, _DONE = range(4)  # phases: before begin(), at the start event, running, ended
 _ID = operator.itemgetter(0)  # a SimRequest's request_id
+_LAST_END = operator.attrgetter("last_end")
 _TICKETS = itertools.count(1)  # worker versions: never the same twice in a process (a copy keeps its original's)
 Decisions = Generator[Event, Sequence[Action], None]
 
@@ -196,7 +197,7 @@ class SimLoop(View):
 
     def last_end(self) -> float:
         """When the last request finished so far (the start before any)."""
-        return max([s.last_end for s in self.sims.values()], default=self.start)
+        return max(map(_LAST_END, self.sims.values()), default=self.start)
 
     # --- the loop ------------------------------------------------------------------------------------------------
 
@@ -421,7 +422,7 @@ class SimLoop(View):
 
     def _collect(self, sim: WorkerSim) -> None:
         """Hand the records ``sim`` made in its last call on (a tracked run's engines keep them until then)."""
-        recs = sim.records
+        recs = sim.records if self.keep_records else None
         if not recs:
             return
         if self.gates is None:  # the common case, inlined (env steps make a few records each)
