@@ -39,7 +39,7 @@ from mosaic.agents.policy import (
     Policy,
     View,
     WakeAt,
-    Withdraw,  # fmt: skip
+    Withdraw,
     plan_dispatches,
 )
 from mosaic.agents.registry import SCHEDULERS
