@@ -11,6 +11,11 @@ each not before its arrival (head-of-line: never ahead of an earlier job that ha
 ``start`` is the start of the engine step that first returns output for it (its admission and prefill), ``end``
 the end of the step that finished it. Times are seconds on the run clock: ``start`` of the stage plus the time
 since the worker received the stage command.
+
+For the wall-clock runtime loop a worker serves a *session* instead (``session`` then ``serve``;
+:mod:`mosaic.runtime.worker_session`): jobs arrive over time (``enqueue``) and may be asked back (``withdraw``),
+with the same order and load semantics. The subprocess reads stdin in a thread, so session commands are answered
+while the engine runs.
 """
 
 from __future__ import annotations
@@ -18,7 +23,9 @@ from __future__ import annotations
 import gc
 import json
 import os
+import queue
 import sys
+import threading
 import time
 import traceback
 from collections import deque
@@ -27,6 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from mosaic.runtime.engine_spec import ENGINE_ENV_DEFAULTS, apply_env_defaults  # noqa: F401  (re-exported)
+from mosaic.runtime.worker_session import SESSION_COMMANDS, serve_session, session_command
 
 DEFAULT_MAX_MODEL_LEN = 2048
 KV_ENV = "VLLM_CPU_KVCACHE_SPACE"  # GiB; vLLM's CPU platform lets it override kv_cache_memory_bytes
@@ -171,6 +179,7 @@ class EngineWorker:
         self.worker_id = worker_id
         self.engines: dict[str, Any] = {}  # expert -> open engine, in load order
         self._open = opener
+        self.session: Any = None  # the open session (mosaic.runtime.worker_session), if any
 
     @property
     def resident(self) -> str | None:
@@ -179,6 +188,15 @@ class EngineWorker:
     def close(self) -> None:
         for name in list(self.engines):
             self.engines.pop(name).close()
+
+    def open_engine(self, expert: str, spec: Mapping[str, Any]) -> Any:
+        """A new engine of ``expert`` (not yet among :attr:`engines`)."""
+        return self._open(expert, spec)
+
+    def command(self, cmd: Mapping[str, Any]) -> Event | None:
+        """A session command (:data:`~mosaic.runtime.worker_session.SESSION_COMMANDS`), safe from any thread; its
+        reply event, if it has one."""
+        return session_command(self, cmd, _log_step if _STEP_LOG is not None else None)
 
     def run_stage(self, cmd: Mapping[str, Any]) -> Iterator[Event]:
         """Run ``cmd['jobs']`` in order; yields load / request events, then one ``done`` event."""
@@ -212,6 +230,12 @@ class EngineWorker:
             last_end = stats["last_end"]
         yield {"event": "done", "worker": self.worker_id, "end": last_end, "resident": self.resident, "busy": busy,
                "loading": loading}  # fmt: skip
+
+
+def _log_step(row: list) -> None:
+    """One engine step of a session to ``MOSAIC_STEP_LOG`` (as :func:`serve` writes them)."""
+    if _STEP_LOG is not None:
+        _STEP_LOG.write(json.dumps([*row[:2], round(row[2], 6), round(row[3], 6), *row[4:]]) + "\n")
 
 
 def _runs(jobs: list[Mapping[str, Any]]) -> Iterator[tuple[str, list[Mapping[str, Any]]]]:
@@ -290,10 +314,13 @@ def _protocol_stream() -> Any:
 
 
 def handle(worker: EngineWorker, cmd: Mapping[str, Any]) -> Iterator[Event]:
-    """Events answering one command: ``stage``, ``profile``, ``ping`` or ``close``."""
+    """Events answering one command: ``stage``, ``serve`` (the open session's), ``profile``, ``ping`` or
+    ``close``."""
     kind = cmd.get("cmd")
     if kind == "stage":
         yield from worker.run_stage(cmd)
+    elif kind == "serve":
+        yield from serve_session(worker)
     elif kind == "profile":
         from mosaic.runtime.profiler import profile_engine
 
@@ -350,20 +377,57 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("MOSAIC_WORKER_WARMUP", "1") == "1":
         warm_up()
     worker = EngineWorker(worker_id)
-    proto.write(json.dumps({"event": "ready", "worker": worker_id, "pid": os.getpid()}) + "\n")
+    write = _writer(proto)
+    write({"event": "ready", "worker": worker_id, "pid": os.getpid()})
+    commands = _read_commands(worker, write)
     try:
-        for line in sys.stdin:
-            if not line.strip():
-                continue
-            cmd = json.loads(line)
-            if cmd.get("cmd") == "exit":
-                break
+        while (cmd := commands.get()).get("cmd") != "exit":
             for event in handle(worker, cmd):
-                proto.write(json.dumps(event) + "\n")
+                write(event)
     finally:
         worker.close()
         proto.flush()
     return 0
+
+
+def _writer(proto: Any) -> Callable[[Event], None]:
+    """Write one event as a JSON line; safe from several threads."""
+    lock = threading.Lock()
+
+    def write(event: Event) -> None:
+        line = json.dumps(event) + "\n"
+        with lock:
+            proto.write(line)
+
+    return write
+
+
+def _read_commands(worker: EngineWorker, write: Callable[[Event], None]) -> queue.Queue:
+    """Read stdin in a thread: session commands are applied at once (their replies written), the others queued
+    for the main thread; ``exit`` (or the end of stdin) aborts an open session and is queued last."""
+    commands: queue.Queue = queue.Queue()
+
+    def read() -> None:
+        try:
+            for line in sys.stdin:
+                if not line.strip():
+                    continue
+                cmd = json.loads(line)
+                if cmd.get("cmd") == "exit":
+                    break
+                if cmd.get("cmd") in SESSION_COMMANDS:
+                    reply = worker.command(cmd)
+                    if reply is not None:
+                        write(reply)
+                else:
+                    commands.put(cmd)
+        finally:  # also when a line is not JSON: the process then exits, which the backend reports
+            if worker.session is not None:
+                worker.session.end(abort=True)
+            commands.put({"cmd": "exit"})
+
+    threading.Thread(target=read, name="mosaic-worker-stdin", daemon=True).start()
+    return commands
 
 
 if __name__ == "__main__":
