@@ -2,7 +2,9 @@
 
 Each cluster worker is one actor (``num_gpus=1`` on GPUs, so Ray sets its ``CUDA_VISIBLE_DEVICES``; on CPUs
 ``num_cpus`` cores and the same core binding as the ``vllm`` backend). A stage command is a streaming actor call:
-the actor yields load and request events as they finish and the driver writes them to the trace at once.
+the actor yields load and request events as they finish and the driver writes them to the trace at once. The
+actor is threaded: a session of the wall-clock runtime loop streams its reports through ``handle({"cmd": "serve"})``
+while its commands (``enqueue``, ``withdraw``) are synchronous ``command`` calls answered in another thread.
 Ray is imported only when the backend starts workers. ``RAY_ADDRESS`` (or ``address``) joins a running cluster;
 without it a local Ray starts (``num_cpus`` = this machine's cores).
 """
@@ -21,6 +23,7 @@ from mosaic.runtime.registry import BACKENDS
 from mosaic.runtime.vllm_backend import EngineError, VllmBackend, backend_from_config, worker_env
 
 _ACTOR_CLASS: Any = None
+ACTOR_THREADS = 4  # a threaded actor: session commands are answered while a stage or session streams
 
 
 class EngineActor:
@@ -43,6 +46,10 @@ class EngineActor:
         from mosaic.runtime.vllm_worker import handle
 
         yield from handle(self.worker, cmd)
+
+    def command(self, cmd: Mapping[str, Any]) -> dict | None:
+        """A session command, answered in its own thread while ``handle({"cmd": "serve"})`` streams in another."""
+        return self.worker.command(cmd)
 
     def close(self) -> None:
         self.worker.close()
@@ -68,7 +75,7 @@ class RayWorker:
         keep = ("VLLM_", "OMP_", "MOSAIC_", "TOKENIZERS_", "PYTHONPATH", "HF_")
         env_vars = {k: v for k, v in env.items() if k.startswith(keep) and k != "CUDA_VISIBLE_DEVICES"}
         cpus = len(env.get("VLLM_CPU_OMP_THREADS_BIND", "0").split(",")) if device == "cpu" else 1
-        opts = {"num_cpus": cpus, "runtime_env": {"env_vars": env_vars}}
+        opts = {"num_cpus": cpus, "runtime_env": {"env_vars": env_vars}, "max_concurrency": ACTOR_THREADS}
         if device == "cuda":
             opts["num_gpus"] = 1
         self.actor = _actor_class().options(**opts).remote(worker_id)
@@ -90,6 +97,15 @@ class RayWorker:
                 self._events.put((self.worker_id, ray.get(ref)))
         except Exception as err:
             self._events.put((self.worker_id, {"event": "exit", "code": f"ray: {type(err).__name__}"}))
+
+    def command(self, cmd: Mapping[str, Any]) -> dict | None:
+        """A session command, synchronous (its order kept); the actor's reply, if any (None: the actor is gone)."""
+        import ray
+
+        try:
+            return ray.get(self.actor.command.remote(dict(cmd)))
+        except Exception:
+            return None  # the stream reports the actor's death
 
     def log_tail(self) -> str:
         return ""

@@ -2,11 +2,12 @@
 
 Each worker is a subprocess ``python -m mosaic.runtime.vllm_worker ID`` (interpreter: ``python`` argument,
 ``MOSAIC_VLLM_PYTHON`` or this one) with its own device: ``CUDA_VISIBLE_DEVICES`` on GPUs, its own CPU cores
-(``VLLM_CPU_OMP_THREADS_BIND``) on CPUs. The backend sends every worker its requests of the stage (prompts built
-here: the question for experts, the Mixture-of-Agents synthesis prompt for the aggregator), then writes each load
-and request record to the trace as the workers report them (the trace flushes per record), so a crash loses nothing
-finished. An engine that dies raises :class:`EngineError` naming the expert and worker; ``done`` records (from an
-earlier trace) are not run again (``--resume``).
+(``VLLM_CPU_OMP_THREADS_BIND``) on CPUs. For a static plan the backend sends every worker its requests of the stage
+(prompts built here: the question for experts, the Mixture-of-Agents synthesis prompt for the aggregator); any other
+policy runs on the wall-clock runtime loop (:mod:`mosaic.runtime.wall_loop`), which hands the workers' sessions
+their requests as it decides. Each load and request record is written to the trace as the workers report it (the
+trace flushes per record), so a crash loses nothing finished. An engine that dies raises :class:`EngineError`
+naming the expert and worker; ``done`` records (from an earlier trace) are not run again (``--resume``).
 """
 
 from __future__ import annotations
@@ -24,13 +25,16 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from mosaic.agents.policy import PlanReplay, Policy
 from mosaic.core.answers import extract_choice, extract_number, normalize_number
 from mosaic.core.errors import MosaicError
 from mosaic.core.prompts import CHOICE_FORMAT, NUMERIC_FORMAT, build_aggregator_prompt
 from mosaic.core.trace import AGGREGATION_STAGE, LoadRecord, RequestRecord, TraceWriter, finished_requests, read_trace
 from mosaic.core.types import Cluster, Plan, Query, Response, Responses, Workload
+from mosaic.predictors.interface import CostModel
+from mosaic.runtime.engine_link import run_on_engines
 from mosaic.runtime.engine_spec import ModelSpec, apply_env_defaults, check_local_paths, resolve_models
-from mosaic.runtime.interface import Backend, StageResult
+from mosaic.runtime.interface import Backend, Gates, StageResult
 from mosaic.runtime.registry import BACKENDS
 
 PYTHON_ENV = "MOSAIC_VLLM_PYTHON"
@@ -135,6 +139,7 @@ class WorkerProcess:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, env=dict(env), text=True,
         )  # fmt: skip
         self._events = events
+        self._replies: queue.Queue = queue.Queue()  # answers to withdraw commands (None: the process is gone)
         self._reader = threading.Thread(target=self._read, name=f"vllm-worker{worker_id}", daemon=True)
         self._reader.start()
 
@@ -146,9 +151,14 @@ class WorkerProcess:
         assert self.proc.stdout is not None
         for line in self.proc.stdout:
             try:
-                self._events.put((self.worker_id, json.loads(line)))
+                ev = json.loads(line)
             except json.JSONDecodeError:
                 continue
+            if ev.get("event") == "withdrawn":
+                self._replies.put(ev)
+            else:
+                self._events.put((self.worker_id, ev))
+        self._replies.put(None)
         self._events.put((self.worker_id, {"event": "exit", "code": self.proc.wait()}))
 
     def send(self, cmd: Mapping[str, Any]) -> None:
@@ -158,6 +168,16 @@ class WorkerProcess:
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             pass  # the reader reports the exit
+
+    def command(self, cmd: Mapping[str, Any]) -> dict | None:
+        """A session command; ``withdraw`` waits for the worker's answer (None when the process is gone)."""
+        self.send(cmd)
+        if cmd.get("cmd") != "withdraw":
+            return None
+        reply = self._replies.get()
+        if reply is None:
+            self._replies.put(None)  # for the next one too
+        return reply
 
     def log_tail(self) -> str:
         try:
@@ -194,6 +214,7 @@ class VllmBackend(Backend):
 
     name = "vllm"
     resumable = True
+    runs_policies = True
 
     def __init__(
         self,
@@ -387,18 +408,40 @@ class VllmBackend(Backend):
                 current[wid] = self.loaded[wid] = ev["expert"]
                 trace.write(LoadRecord(ev["stage"], wid, ev["expert"], ev["start"], ev["end"]))
             elif kind == "request":
-                q = workload.queries[ev["query_id"]]
-                answer, correct = extract(q, ev["text"])
-                trace.write(RequestRecord(ev["stage"], ev["request_id"], ev["query_id"], ev["expert"], wid,
-                                          ev["start"], ev["end"], ev["prompt_tokens"], ev["output_tokens"], answer,
-                                          correct, ev["text"]))  # fmt: skip
-                seen[(q.id, ev["expert"])] = Response(ev["output_tokens"], answer, correct, ev["text"])
-                self.texts[(q.id, ev["expert"])] = ev["text"]
+                rec = self.record_of(workload, wid, ev)
+                trace.write(rec)
+                seen[(rec.query_id, rec.expert)] = Response(rec.output_tokens, rec.answer, rec.correct, rec.text)
             elif kind == "done":
                 self.loaded[wid] = ev["resident"]
                 done[wid] = ev
                 pending.discard(wid)
         return done
+
+    def record_of(self, workload: Workload, wid: int, ev: Mapping[str, Any]) -> RequestRecord:
+        """The record of worker ``wid``'s ``request`` event (its answer extracted; its text kept for aggregators)."""
+        q = workload.queries[ev["query_id"]]
+        answer, correct = extract(q, ev["text"])
+        self.texts[(q.id, ev["expert"])] = ev["text"]
+        return RequestRecord(ev["stage"], ev["request_id"], ev["query_id"], ev["expert"], wid, ev["start"], ev["end"],
+                             ev["prompt_tokens"], ev["output_tokens"], answer, correct, ev["text"])  # fmt: skip
+
+    def run_policy(
+        self,
+        stage: str,
+        policy: Policy,
+        workload: Workload,
+        costs: CostModel,
+        cluster: Cluster,
+        trace: TraceWriter,
+        start: float = 0.0,
+        resident: Mapping[int, str | None] | None = None,
+        gates: Gates | None = None,
+    ) -> StageResult:
+        """A static plan without gates as :meth:`run_stage` (one command per worker); any other policy on the
+        wall-clock runtime loop, the workers serving sessions (:func:`~mosaic.runtime.engine_link.run_on_engines`)."""
+        if isinstance(policy, PlanReplay) and gates is None:
+            return self.run_stage(stage, policy.plan, workload, cluster, trace, start, resident)
+        return run_on_engines(self, stage, policy, workload, costs, cluster, trace, start, resident, gates)
 
     def close(self, kill: bool = False) -> None:
         """Stop every worker (``kill``: at once, without letting a running stage finish)."""

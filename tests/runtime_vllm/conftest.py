@@ -142,6 +142,10 @@ class ThreadWorker:
 
         threading.Thread(target=run, daemon=True).start()
 
+    def command(self, cmd: Mapping[str, Any]) -> dict | None:
+        """A session command, answered at once (as the process's stdin reader and the Ray actor do)."""
+        return self.worker.command(cmd)
+
     def log_tail(self) -> str:
         return "fake log"
 
