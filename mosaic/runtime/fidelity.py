@@ -164,6 +164,9 @@ def fidelity_of_runs(exp: Any, runs: Sequence[Any], unload: Mapping[str, float] 
 
     out = []
     for run in runs:
+        if _acts_at_run_time(exp, run):
+            out += policy_rows(exp, run, sim_records)
+            continue
         args = (run.result, run.records, exp.workload)
         tail = (exp.cluster, aggregation_policy(exp), exp.cfg.runtime.max_batch)
         trace = TraceWriter(None)
@@ -173,6 +176,36 @@ def fidelity_of_runs(exp: Any, runs: Sequence[Any], unload: Mapping[str, float] 
         pure = simulate_run(*args, pure_costs, *tail) if unload is not None and pure_costs is not None else None
         out += compare(run.name, run.result, sim, unload if pure is not None else None, pure)
     return out
+
+
+def _acts_at_run_time(exp: Any, run: Any) -> bool:
+    """Whether ``run``'s policy decided at run time (not a plan replayed), or its stages ran without a barrier."""
+    from mosaic.agents.policy import PlanReplay
+    from mosaic.pipeline import scheduler_from_config
+
+    if not exp.cfg.runtime.barrier:
+        return True
+    return not isinstance(scheduler_from_config(exp.cfg, run.name).runtime_policy(run.result.expert_plan), PlanReplay)
+
+
+def policy_rows(exp: Any, run: Any, sim_records: dict[str, list[Record]] | None = None) -> list[WorkerError]:
+    """Rows of a run whose policy acts at run time: the policy run again on the simulator with the real lengths
+    (:func:`~mosaic.runtime.policy_fidelity.simulate_policy`); each stage, end to end, and the mean query latency."""
+    from mosaic.pipeline import aggregation_policy, scheduler_from_config
+    from mosaic.runtime.policy_fidelity import policy_error, simulate_policy
+
+    cfg, real = exp.cfg, run.result
+    sim, records = simulate_policy(run.records, exp.workload, scheduler_from_config(cfg, run.name), exp.costs,
+                                   exp.cluster, cfg.runtime.barrier, aggregation_policy(exp), cfg.runtime.max_batch,
+                                   exp.scheduler_rng())  # fmt: skip
+    if sim_records is not None:
+        sim_records[run.name] = records
+    out = _stage_rows(run.name, real.expert, sim.expert, sim.expert, None)[0]
+    if real.aggregation.makespan > 0 or sim.aggregation.makespan > 0:
+        out += _stage_rows(run.name, real.aggregation, sim.aggregation, sim.aggregation, None)[0]
+    err = policy_error(run.name, real, run.records, sim, records, [q.arrival for q in exp.workload.queries])
+    return [*out, WorkerError(run.name, "end-to-end", None, real.end_to_end, sim.end_to_end),
+            WorkerError(run.name, "mean latency", None, err.real_latency, err.sim_latency)]  # fmt: skip
 
 
 def fidelity_table(errors: Sequence[WorkerError], title: str = "simulator vs real engines") -> Any:

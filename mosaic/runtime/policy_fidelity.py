@@ -17,11 +17,10 @@ import numpy as np
 
 from mosaic.agents.policy import Policy
 from mosaic.core.trace import Record, RequestRecord, TraceWriter
-from mosaic.core.types import Cluster, Response, Workload
+from mosaic.core.types import Cluster, Response, Responses, Workload
 from mosaic.predictors.interface import CostModel
 from mosaic.report.metrics import query_latencies
 from mosaic.runtime.executor import Executor, RunResult
-from mosaic.runtime.fidelity import responses_of
 from mosaic.runtime.interface import Gates, StageResult
 from mosaic.runtime.sim import SimBackend
 from mosaic.runtime.sim_worker import SimRequest
@@ -32,7 +31,7 @@ class ReplayLengths(SimBackend):
     (``records``); what the policies see (the workload, its predicted costs) is unchanged."""
 
     def __init__(self, records: Sequence[Record], costs: CostModel, max_batch: int | None = None) -> None:
-        super().__init__(responses_of(records), costs, max_batch)
+        super().__init__(_responses(records), costs, max_batch)
         self.prompts = {(r.stage, r.request_id): r.prompt_tokens for r in records if isinstance(r, RequestRecord)}
         self._stage = ""
 
@@ -58,14 +57,20 @@ class ReplayLengths(SimBackend):
         return [it._replace(prompt_tokens=get((stage, it.request_id), it.prompt_tokens)) for it in items]
 
 
+def _responses(records: Sequence[Record]) -> Responses:
+    """(query id, expert) -> what the real engine answered (as :func:`mosaic.runtime.fidelity.responses_of`)."""
+    return Responses({(r.query_id, r.expert): Response(r.output_tokens, r.answer, r.correct, r.text)
+                      for r in records if isinstance(r, RequestRecord)})  # fmt: skip
+
+
 def simulate_policy(records: Sequence[Record], workload: Workload, scheduler: Any, costs: CostModel,
                     cluster: Cluster, barrier: bool = True, policy: Any = None, max_batch: int | None = None,
-                    seed: int = 0) -> tuple[RunResult, list[Record]]:  # fmt: skip
-    """``scheduler`` (a fresh one: its plan and run-time policy) on the simulator with ``records``' lengths; its
-    result and records."""
+                    rng: np.random.Generator | None = None) -> tuple[RunResult, list[Record]]:  # fmt: skip
+    """``scheduler`` (a fresh one: its plan and run-time policy; ``rng``: the generator it plans with, as in the
+    real run) on the simulator with ``records``' lengths; its result and records."""
     trace = TraceWriter(None)
     res = Executor(ReplayLengths(records, costs, max_batch), policy, barrier=barrier).run(
-        workload, scheduler, costs, cluster, np.random.default_rng(seed), trace
+        workload, scheduler, costs, cluster, rng if rng is not None else np.random.default_rng(0), trace
     )
     return res, list(trace.records)
 

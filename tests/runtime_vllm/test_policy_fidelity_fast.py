@@ -42,3 +42,25 @@ def test_errors_are_relative_to_the_real_run():
     e = PolicyError("p", 10.0, 12.0, 4.0, 3.0)
     assert e.makespan_error == pytest.approx(0.2) and e.latency_error == pytest.approx(-0.25)
     assert PolicyError("p", 0.0, 1.0, 0.0, 1.0).makespan_error == 0.0
+
+
+@pytest.mark.parametrize("barrier", ["true", "false"])
+def test_fidelity_of_runs_runs_policies_again_and_a_simulated_run_replays_exactly(barrier):
+    """The path of `mosaic compare --backend vllm` for runs that act at run time (or have no barrier), on simulated
+    "real" runs: the same policy on the same lengths decides the same, so every error is zero."""
+    from mosaic.core.config import load_config
+    from mosaic.pipeline import prepare, run_scheduler
+    from mosaic.runtime.fidelity import fidelity_of_runs
+
+    cfg = load_config(None, ["workload.preset=gpqa", "workload.num_queries=12", "workload.arrival_rate=0.02",
+                             f"runtime.barrier={barrier}"])  # fmt: skip
+    exp = prepare(cfg)
+    names = ("greedy-online", "greedy-lpt+steal", "greedy-lpt")
+    runs = [run_scheduler(exp, name) for name in names]
+    simulated: dict = {}
+    errors = fidelity_of_runs(exp, runs, sim_records=simulated)
+    dynamic = set(names) if barrier == "false" else set(names) - {"greedy-lpt"}
+    assert {e.scheduler for e in errors if e.stage == "mean latency"} == dynamic
+    assert all(e.error == pytest.approx(0.0, abs=1e-9) for e in errors)
+    for run in runs:
+        assert sorted(map(repr, simulated[run.name])) == sorted(map(repr, run.records))
