@@ -100,7 +100,8 @@ def real_and_sim(backend, config: Path, name: str, *overrides: str):
     recs = list(trace.records)
     check_complete(exp.workload, recs, cfg.runtime.barrier)
     sim, sim_recs = simulate_policy(recs, exp.workload, scheduler_from_config(cfg, name), exp.costs, exp.cluster,
-                                    cfg.runtime.barrier, aggregation_policy(exp), cfg.runtime.max_batch)  # fmt: skip
+                                    cfg.runtime.barrier, aggregation_policy(exp), cfg.runtime.max_batch,
+                                    exp.scheduler_rng())  # fmt: skip
     err = policy_error(name, real, recs, sim, sim_recs, [q.arrival for q in exp.workload.queries])
     tag = ", ".join(overrides) or "offline, barrier"
     print(f"\nsim-vs-real [{backend.name}, {tag}] {err.line()}; steals {scheduler.steals}")
