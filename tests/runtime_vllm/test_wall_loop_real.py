@@ -166,3 +166,29 @@ def test_ray_runs_greedy_online_with_poisson_arrivals(config, tmp_path):
     finally:
         backend.close()
     assert within(err)
+
+
+def test_a_trained_rl_reschedule_agent_acts_live_on_real_engines(engines, config, tmp_path):
+    """MaskablePPO trained briefly on the tiny scenario's simulated instances (60% length error, from a greedy-LPT
+    plan), then acting at every decision point of the wall-clock loop on the two real workers."""
+    import json
+
+    from sb3_contrib import MaskablePPO
+
+    from mosaic.agents.rl import limit_torch_threads, save_meta
+    from mosaic.envs.instances import config_instances
+    from mosaic.envs.reschedule import RescheduleEnv
+
+    limit_torch_threads(1)
+    env_kw = {"start": "plan", "plan_scheduler": "greedy-lpt", "reward_ref": "plan"}
+    env = RescheduleEnv(config_instances(load_config(config), 4, seed=0, noise=0.6), **env_kw)
+    model = MaskablePPO("MlpPolicy", env, n_steps=64, batch_size=64, seed=0, device="cpu").learn(256)
+    path = tmp_path / "model.zip"
+    model.save(str(path))
+    meta = {"n_slots": env.n_slots, "buckets": list(env.buckets), "quantum_frac": env.quantum_frac,
+            "n_workers": env.n_workers, **env_kw}  # fmt: skip
+    save_meta(path, {"task": "reschedule", "algo": "maskable-ppo", "env": meta})
+    opts = json.dumps({"rl-reschedule": {"model_path": str(path)}})
+    err, _, recs = real_and_sim(engines, config, "rl-reschedule", f"scheduler_options={opts}")
+    assert within(err)
+    assert {r.worker for r in recs if isinstance(r, RequestRecord) and r.stage == EXPERT_STAGE} == {0, 1}
