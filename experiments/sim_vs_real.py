@@ -22,7 +22,7 @@ from rich.console import Console
 import mosaic.runtime.vllm_backend  # noqa: F401  (registers 'vllm')
 from mosaic.core.config import TRACKING_MODES, load_config
 from mosaic.core.script_args import choice_field, parse_dataclass_args
-from mosaic.pipeline import prepare, run_scheduler
+from mosaic.pipeline import aggregation_policy, prepare, run_scheduler, scheduler_from_config
 from mosaic.predictors.costmodel import ProfiledCostModel
 from mosaic.predictors.lengths import MeanLengthPredictor
 from mosaic.predictors.profile import CostProfile
@@ -115,7 +115,8 @@ def main() -> None:
     pure_costs = ProfiledCostModel(pure.with_max_batch(cfg.runtime.max_batch, cap=True),
                                    MeanLengthPredictor(expert_means(cfg, exp.workload)), exp.workload)  # fmt: skip
     simulated: dict[str, list] = {}
-    errors = fidelity_of_runs(exp, runs, unload, pure_costs, simulated)
+    errors = fidelity_of_runs(exp, runs, aggregation_policy(exp), lambda n: scheduler_from_config(cfg, n), unload,
+                              pure_costs, simulated)  # fmt: skip
     console.print(fidelity_table(errors, f"{cfg.name}: simulator vs real engines ({profile_path})"))
     for stage in ("expert", "aggregation"):
         console.print(f"largest per-worker {stage}-stage error: {max_worker_error(errors, stage):.1%} "

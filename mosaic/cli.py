@@ -84,7 +84,15 @@ def arrival_overrides(spec: str) -> list[str]:
 def _execute(args: argparse.Namespace, schedulers: list[str], command: str, resume: str | None = None) -> int:
     """Build, plan (every input checked before anything is written), run and report: ``mosaic run``, ``compare``
     and ``resume`` (``resume``: the interrupted run's trace, finished in its own folder)."""
-    from mosaic.pipeline import aggregation_policy, compare, make_backend, plan_scheduler, prepare, run_scheduler
+    from mosaic.pipeline import (
+        aggregation_policy,
+        compare,
+        make_backend,
+        plan_scheduler,
+        prepare,
+        run_scheduler,
+        scheduler_from_config,  # fmt: skip
+    )
     from mosaic.report.outputs import run_dir, run_status, write_report
 
     cfg = _config(args)
@@ -120,7 +128,8 @@ def _execute(args: argparse.Namespace, schedulers: list[str], command: str, resu
         elif cfg.runtime.backend in ("vllm", "ray"):
             from mosaic.runtime.fidelity import fidelity_of_runs, fidelity_table
 
-            console.print(fidelity_table(fidelity_of_runs(exp, runs), f"{title}: simulator vs real engines"))
+            errors = fidelity_of_runs(exp, runs, aggregation_policy(exp), lambda n: scheduler_from_config(cfg, n))
+            console.print(fidelity_table(errors, f"{title}: simulator vs real engines"))
     return 0
 
 

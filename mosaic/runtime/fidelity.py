@@ -13,13 +13,14 @@ where a worker's wait for arrivals absorbs part of a teardown.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
 
 from mosaic.agents.interface import Scheduler
+from mosaic.core.aggregation import AggregationPolicy
 from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, Record, RequestRecord, TraceWriter
 from mosaic.core.types import Cluster, Plan, Response, Responses, Workload
 from mosaic.predictors.interface import CostModel
@@ -153,22 +154,23 @@ def compare(name: str, real: RunResult, sim: RunResult, unload: Mapping[str, flo
     return out
 
 
-def fidelity_of_runs(exp: Any, runs: Sequence[Any], unload: Mapping[str, float] | None = None,
-                     pure_costs: CostModel | None = None,
+def fidelity_of_runs(exp: Any, runs: Sequence[Any], policy: AggregationPolicy, scheduler_of: Callable[[str], Scheduler],
+                     unload: Mapping[str, float] | None = None, pure_costs: CostModel | None = None,
                      sim_records: dict[str, list[Record]] | None = None) -> list[WorkerError]:  # fmt: skip
-    """Errors of every :class:`~mosaic.pipeline.SchedulerRun` of experiment ``exp`` (a real backend's runs).
-    With ``unload`` and ``pure_costs`` (a profile without teardown, :func:`~mosaic.runtime.profiler.split_unload`),
-    also the no-teardown simulation plus analytic teardown (:func:`compare`). ``sim_records``, when given, receives
-    each run's simulated records (scheduler name -> records)."""
-    from mosaic.pipeline import aggregation_policy
-
+    """Errors of every :class:`~mosaic.pipeline.SchedulerRun` of experiment ``exp`` (a real backend's runs), with
+    the experiment's aggregation ``policy`` and ``scheduler_of(name)``, each run's scheduler as configured
+    (:func:`mosaic.pipeline.aggregation_policy`, :func:`mosaic.pipeline.scheduler_from_config`). With ``unload`` and
+    ``pure_costs`` (a profile without teardown, :func:`~mosaic.runtime.profiler.split_unload`), also the no-teardown
+    simulation plus analytic teardown (:func:`compare`). ``sim_records``, when given, receives each run's simulated
+    records (scheduler name -> records)."""
     out = []
     for run in runs:
-        if _acts_at_run_time(exp, run):
-            out += policy_rows(exp, run, sim_records)
+        scheduler = scheduler_of(run.name)
+        if _acts_at_run_time(exp, run, scheduler):
+            out += policy_rows(exp, run, scheduler, policy, sim_records)
             continue
         args = (run.result, run.records, exp.workload)
-        tail = (exp.cluster, aggregation_policy(exp), exp.cfg.runtime.max_batch)
+        tail = (exp.cluster, policy, exp.cfg.runtime.max_batch)
         trace = TraceWriter(None)
         sim = simulate_run(*args, exp.costs, *tail, trace)
         if sim_records is not None:
@@ -178,26 +180,24 @@ def fidelity_of_runs(exp: Any, runs: Sequence[Any], unload: Mapping[str, float] 
     return out
 
 
-def _acts_at_run_time(exp: Any, run: Any) -> bool:
+def _acts_at_run_time(exp: Any, run: Any, scheduler: Scheduler) -> bool:
     """Whether ``run``'s policy decided at run time (not a plan replayed), or its stages ran without a barrier."""
     from mosaic.agents.policy import PlanReplay
-    from mosaic.pipeline import scheduler_from_config
 
     if not exp.cfg.runtime.barrier:
         return True
-    return not isinstance(scheduler_from_config(exp.cfg, run.name).runtime_policy(run.result.expert_plan), PlanReplay)
+    return not isinstance(scheduler.runtime_policy(run.result.expert_plan), PlanReplay)
 
 
-def policy_rows(exp: Any, run: Any, sim_records: dict[str, list[Record]] | None = None) -> list[WorkerError]:
+def policy_rows(exp: Any, run: Any, scheduler: Scheduler, policy: AggregationPolicy,
+                sim_records: dict[str, list[Record]] | None = None) -> list[WorkerError]:  # fmt: skip
     """Rows of a run whose policy acts at run time: the policy run again on the simulator with the real lengths
     (:func:`~mosaic.runtime.policy_fidelity.simulate_policy`); each stage, end to end, and the mean query latency."""
-    from mosaic.pipeline import aggregation_policy, scheduler_from_config
     from mosaic.runtime.policy_fidelity import policy_error, simulate_policy
 
     cfg, real = exp.cfg, run.result
-    sim, records = simulate_policy(run.records, exp.workload, scheduler_from_config(cfg, run.name), exp.costs,
-                                   exp.cluster, cfg.runtime.barrier, aggregation_policy(exp), cfg.runtime.max_batch,
-                                   exp.scheduler_rng())  # fmt: skip
+    sim, records = simulate_policy(run.records, exp.workload, scheduler, exp.costs, exp.cluster, cfg.runtime.barrier,
+                                   policy, cfg.runtime.max_batch, exp.scheduler_rng())  # fmt: skip
     if sim_records is not None:
         sim_records[run.name] = records
     out = _stage_rows(run.name, real.expert, sim.expert, sim.expert, None)[0]

@@ -56,13 +56,14 @@ def test_slower_profile_shows_positive_error(vt, tmp_path):
 def test_fidelity_of_runs_replays_an_experiments_runs():
     """The path of `mosaic compare --backend vllm` and experiments/sim_vs_real.py, here on simulated "real" runs."""
     from mosaic.core.config import load_config
-    from mosaic.pipeline import prepare, run_scheduler
+    from mosaic.pipeline import aggregation_policy, prepare, run_scheduler, scheduler_from_config
 
     cfg = load_config(None, ["workload.preset=gpqa", "workload.num_queries=12", "aggregation.mode=adaptive"])
     exp = prepare(cfg)
     runs = [run_scheduler(exp, name) for name in ("round-robin", "greedy-lpt")]
     simulated: dict = {}
-    errors = fidelity_of_runs(exp, runs, sim_records=simulated)
+    errors = fidelity_of_runs(exp, runs, aggregation_policy(exp), lambda n: scheduler_from_config(exp.cfg, n),
+                              sim_records=simulated)  # fmt: skip
     assert {e.scheduler for e in errors} == {"round-robin", "greedy-lpt"}
     assert all(e.error == pytest.approx(0.0, abs=1e-9) for e in errors)
     for run in runs:

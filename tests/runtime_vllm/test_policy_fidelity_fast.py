@@ -49,7 +49,7 @@ def test_fidelity_of_runs_runs_policies_again_and_a_simulated_run_replays_exactl
     """The path of `mosaic compare --backend vllm` for runs that act at run time (or have no barrier), on simulated
     "real" runs: the same policy on the same lengths decides the same, so every error is zero."""
     from mosaic.core.config import load_config
-    from mosaic.pipeline import prepare, run_scheduler
+    from mosaic.pipeline import aggregation_policy, prepare, run_scheduler, scheduler_from_config
     from mosaic.runtime.fidelity import fidelity_of_runs
 
     cfg = load_config(None, ["workload.preset=gpqa", "workload.num_queries=12", "workload.arrival_rate=0.02",
@@ -58,7 +58,8 @@ def test_fidelity_of_runs_runs_policies_again_and_a_simulated_run_replays_exactl
     names = ("greedy-online", "greedy-lpt+steal", "greedy-lpt")
     runs = [run_scheduler(exp, name) for name in names]
     simulated: dict = {}
-    errors = fidelity_of_runs(exp, runs, sim_records=simulated)
+    errors = fidelity_of_runs(exp, runs, aggregation_policy(exp), lambda n: scheduler_from_config(exp.cfg, n),
+                              sim_records=simulated)  # fmt: skip
     dynamic = set(names) if barrier == "false" else set(names) - {"greedy-lpt"}
     assert {e.scheduler for e in errors if e.stage == "mean latency"} == dynamic
     assert all(e.error == pytest.approx(0.0, abs=1e-9) for e in errors)
