@@ -7,7 +7,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from mosaic.agents.policy import PlanReplay, Policy
-from mosaic.core.errors import ConfigError
+from mosaic.core.errors import ConfigError, PlanError
 from mosaic.core.trace import RequestRecord, TraceWriter
 from mosaic.core.types import Cluster, Plan, Responses, Workload
 from mosaic.predictors.interface import CostModel
@@ -41,6 +41,19 @@ class Gates:
     prerequisites: Mapping[int, tuple[int, ...]]
     release: Callable[[int, float, tuple[RequestRecord, ...]], int | None]
     stage: str
+
+    def index(self, n: int) -> tuple[dict[int, int], dict[int, list[int]]]:
+        """(gated request -> prerequisites left, request -> the gated requests waiting for it) over ``n`` requests;
+        a :class:`PlanError` for ids that do not exist or gates on gated requests."""
+        held: dict[int, int] = {}
+        dependents: dict[int, list[int]] = {}
+        for g, pre in self.prerequisites.items():
+            if not 0 <= g < n or any(not 0 <= p < n or p == g or p in self.prerequisites for p in pre):
+                raise PlanError(f"gates: request {g} with prerequisites {pre} (ids must exist, not be gated)")
+            held[g] = len(pre)
+            for p in pre:
+                dependents.setdefault(p, []).append(g)
+        return held, dependents
 
 
 class Backend(ABC):

@@ -130,13 +130,7 @@ class SimLoop(LoopActions, View):
             self._gate(gates)
 
     def _gate(self, gates: Gates) -> None:
-        n = len(self.items)
-        for g, pre in gates.prerequisites.items():
-            if not 0 <= g < n or any(not 0 <= p < n or p == g or p in gates.prerequisites for p in pre):
-                raise PlanError(f"gates: request {g} with prerequisites {pre} (ids must exist, not be gated)")
-            self._held[g] = len(pre)
-            for p in pre:
-                self._dependents.setdefault(p, []).append(g)
+        self._held, self._dependents = gates.index(len(self.items))
         for g in [g for g, k in self._held.items() if k == 0]:
             self._release(g, self.start)
 
