@@ -21,6 +21,7 @@ from __future__ import annotations
 import inspect
 import time
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 
 import numpy as np
 
@@ -62,6 +63,17 @@ def subset_workload(workload: Workload, ids: Sequence[int]) -> Workload:
         routes[q] = tuple(experts)
     return Workload(f"{workload.name}:replan", workload.queries, workload.experts, tuple(routes),
                     workload.aggregator, sub)  # fmt: skip
+
+
+class _Replan(NamedTuple):
+    """One re-plan's inputs: the requests, their sub-workload and costs, and what each worker holds and keeps."""
+
+    ids: list[int]
+    sub: Workload
+    costs: CostModel
+    cluster: Cluster
+    holds: dict[int, str | None]
+    kept: dict[int, float]
 
 
 class Replanning(Policy):
@@ -111,7 +123,7 @@ class Replanning(Policy):
             return plan_dispatches(self.plan)
         if not waiting:
             return []
-        order = self._plan_of(view, list(waiting))
+        order = self._plan_of(self._context(view, list(waiting)))
         return [Dispatch(w, tuple(ids)) for w, ids in order.items() if ids]
 
     @staticmethod
@@ -130,9 +142,10 @@ class Replanning(Policy):
         if not ids:
             return []
         t0 = time.perf_counter()
-        plan = self._plan_of(view, ids)
+        ctx = self._context(view, ids)
+        plan = self._plan_of(ctx)
         took = time.perf_counter() - t0
-        if not view.waiting() and not self._better(view, ids, plan):
+        if not view.waiting() and not self._better(view, ctx, plan):
             return []  # a re-shuffle of queued work that is not predicted to finish sooner
         self._pending = plan
         self.solves, self.solve_s = self.solves + 1, self.solve_s + took
@@ -140,14 +153,17 @@ class Replanning(Policy):
         self._apply_at = view.clock + charge
         return [WakeAt(self._apply_at)]
 
-    def _plan_of(self, view: View, ids: list[int]) -> dict[int, list[int]]:
-        """Worker -> ``ids`` in its planned order, priced with what each worker will hold when it gets to them
-        (and, for a planner that takes it, when each is free of the work it keeps)."""
+    def _context(self, view: View, ids: list[int]) -> _Replan:
         sub = subset_workload(view.workload, ids)
         holds = {w: self._will_hold(view, w) for w in view.cluster.ids}
-        extra = {"available": self._kept(view)} if self._takes_available else {}
-        planned = self._order(sub, view.costs.bind(sub), view.cluster, self.rng, holds, **extra)
-        return {w: [ids[j] for j in order] for w, order in planned.items()}
+        return _Replan(ids, sub, view.costs.bind(sub), view.cluster, holds, self._kept(view))
+
+    def _plan_of(self, ctx: _Replan) -> dict[int, list[int]]:
+        """Worker -> ``ctx.ids`` in its planned order, priced with what each worker will hold when it gets to them
+        (and, for a planner that takes it, when each is free of the work it keeps)."""
+        extra = {"available": ctx.kept} if self._takes_available else {}
+        planned = self._order(ctx.sub, ctx.costs, ctx.cluster, self.rng, ctx.holds, **extra)
+        return {w: [ctx.ids[j] for j in order] for w, order in planned.items()}
 
     def _order(self, *args: object, **kwargs: object) -> Mapping[int, Sequence[int]]:
         """The planner's order: its ``plan_order`` when it has one (no estimates, no bound), else its plan's."""
@@ -164,18 +180,15 @@ class Replanning(Policy):
             out[w.id] = costs.group_seconds(keep, w.gpu_type) if keep else 0.0
         return out
 
-    def _better(self, view: View, ids: list[int], plan: dict[int, list[int]]) -> bool:
-        """Whether ``plan`` of the queued requests ``ids`` is predicted to finish sooner than their queues now."""
-        sub = subset_workload(view.workload, ids)
-        local = {r: j for j, r in enumerate(ids)}
-        holds = {w: self._will_hold(view, w) for w in view.cluster.ids}
+    def _better(self, view: View, ctx: _Replan, plan: dict[int, list[int]]) -> bool:
+        """Whether ``plan`` of the queued requests ``ctx.ids`` is predicted to finish sooner than their queues now."""
+        local = {r: j for j, r in enumerate(ctx.ids)}
         now = {w: [local[r] for r in view.queued(w)[1:]] for w in view.cluster.ids}
         new = {w: [local[r] for r in order] for w, order in plan.items()}
-        kept, costs = self._kept(view), view.costs.bind(sub)
 
         def finish(order: dict[int, list[int]]) -> float:
-            times = order_worker_times(order, sub, costs, view.cluster, holds)
-            return max(kept[w] + t for w, t in times.items())
+            times = order_worker_times(order, ctx.sub, ctx.costs, ctx.cluster, ctx.holds)
+            return max(ctx.kept[w] + t for w, t in times.items())
 
         return finish(new) < (1.0 - self.min_gain) * finish(now)
 
