@@ -68,7 +68,7 @@ class _GpuArrays(NamedTuple):
     decode_base: np.ndarray  # o * step_base_s: weight reads, shared by the batch
     max_batch: np.ndarray  # engine's max batch (int)
     kv_batch: np.ndarray  # largest batch of such requests whose reservations fit the KV cache (>= 1; expected: mean)
-    kv_share: np.ndarray  # min(prompt + output, kv capacity) / kv capacity: share of the cache it reserves
+    kv_share: np.ndarray  # share of the KV cache it holds per decode step: reserve (p + o) / cap; paged: its mean
 
 
 class _Bound(NamedTuple):
@@ -317,7 +317,22 @@ def _gpu_arrays(b: _Bound, profile: CostProfile, gpu_type: str) -> _GpuArrays:
     capacity = col("kv_capacity_tokens")
     kv_batch = np.maximum(np.floor(capacity / footprint), 1.0).astype(np.int64)
     kv_share = np.minimum(footprint, capacity) / capacity
+    paged = np.array([mc.memory_mode == "paged" for mc in mcs], dtype=bool)[b.expert_idx]
+    if paged.any():
+        kv_share = np.where(paged, _paged_share(b.prompt, b.tokens, capacity), kv_share)
     return _GpuArrays(fixed, b.tokens * col("step_base_s"), col("max_batch", np.int64), kv_batch, kv_share)
+
+
+def _paged_share(prompt: np.ndarray, tokens: np.ndarray, capacity: np.ndarray) -> np.ndarray:
+    """Paged KV: a request's mean share of the cache over its decode steps, ``mean_j min((p + j) / cap, 1)`` for
+    ``j = 0 .. o-1`` (it holds what it has generated, not its whole reservation). A step of two or more requests
+    holds at most the cache (the simulator preempts before a step's blocks overflow), so the shares of a step's
+    requests sum to at most 1 and ``sum o x share`` stays a floor on the decode steps."""
+    o = np.maximum(tokens, 0.0)
+    below = np.clip(np.ceil(capacity - prompt), 0.0, o)  # steps j < cap - p, where p + j < cap
+    held = below * prompt + below * np.maximum(below - 1.0, 0.0) / 2.0  # sum of p + j over those steps
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(o > 0, (held / capacity + (o - below)) / np.where(o > 0, o, 1.0), 0.0)
 
 
 _NODES, _WEIGHTS = np.polynomial.hermite.hermgauss(32)
