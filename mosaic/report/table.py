@@ -17,7 +17,7 @@ PAPER_FIGURES: Mapping[str, Mapping[str, float]] = {
                 "acc_t1": -0.04, "acc_t23": 0.32},
     "gpqa": {"expert": 2.54, "aggregation": 1.53, "end_to_end": 2.34, "skip_t1": 37.37, "skip_t23": 87.37,
              "acc_t1": 1.00, "acc_t23": 0.49},
-}
+}  # fmt: skip
 
 COLUMNS = (
     "scheduler", "expert s", "expert x", "aggregation s", "aggregation x", "end-to-end s", "end-to-end x",
