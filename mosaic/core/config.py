@@ -81,15 +81,18 @@ class CostsCfg(_Cfg):
         description="price requests by their expected cost under the predictor's spread "
         "(mean:TRACE, lightgbm); default: at the predicted length",
     )
-    step_model: Literal["sum", "max"] = Field(
-        "sum",
-        description="roofline profile: a decode step as the sum of weight reads, compute, KV reads and a fixed "
-        "overhead (sum) or the max of memory and compute time with KV bytes from the architecture (max)",
-    )
-    memory_mode: Literal["reserve", "paged"] | None = Field(
+    step_model: Literal["sum", "max"] | None = Field(
         None,
-        description="simulated engines' KV cache: reserve a request's prompt + output up front (reserve) or paged "
-        "blocks as tokens are generated, preempting by recompute (paged, as vLLM); default: the profile's (reserve)",
+        description="roofline profile: a decode step as the max of memory and compute time with KV bytes from the "
+        "architecture (max, the default: calibrated against Vidur, docs/simulator_fidelity.md) or the sum of weight "
+        "reads, compute, KV reads and a fixed overhead (sum, the model before issue 22); a profile file prices its "
+        "steps itself (sum or unset only)",
+    )
+    memory_mode: Literal["reserve", "paged"] = Field(
+        "paged",
+        description="simulated engines' KV cache, for every profile (roofline or file): paged blocks as tokens are "
+        "generated, preempting by recompute (paged, the default, as vLLM) or a request's prompt + output reserved up "
+        "front (reserve, the model before issue 22)",
     )
 
 

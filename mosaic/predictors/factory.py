@@ -43,21 +43,21 @@ def build_length_predictor(spec: str, **context: Any) -> LengthPredictor:
 
 
 def build_profile(cfg: RunConfig, workload: Workload) -> CostProfile:
-    """``costs.profile``: ``roofline`` (analytic, for ``cluster.gpu_type``, priced by ``costs.step_model``) or a
-    profile file, with every engine's max batch capped at ``runtime.max_batch`` and, when ``costs.memory_mode`` is
-    set, its KV memory mode; it must cover the workload's experts and aggregator."""
+    """``costs.profile``: ``roofline`` (analytic, for ``cluster.gpu_type``, priced by ``costs.step_model``, default
+    ``max``) or a profile file, with every engine's max batch capped at ``runtime.max_batch`` and its KV memory mode
+    set to ``costs.memory_mode``; it must cover the workload's experts and aggregator."""
     experts = (*workload.experts, workload.aggregator)
     gpu = cfg.cluster.gpu_type
     source = cfg.costs.profile.strip()
     if source == ROOFLINE:
-        profile = roofline_profile(experts, [gpu], cfg.runtime.max_batch, step_model=cfg.costs.step_model)
-    elif cfg.costs.step_model != "sum":
+        profile = roofline_profile(experts, [gpu], cfg.runtime.max_batch, step_model=cfg.costs.step_model or "max")
+    elif cfg.costs.step_model == "max":
         raise ConfigError(f"costs.step_model={cfg.costs.step_model} applies to the roofline profile; profile file "
                           f"{source} prices its steps itself (its step_compute_* fields)")  # fmt: skip
     else:
         profile = CostProfile.from_file(source).with_max_batch(cfg.runtime.max_batch, cap=True)
         profile.require([e.name for e in experts], [gpu])
-    return profile if cfg.costs.memory_mode is None else profile.with_memory_mode(cfg.costs.memory_mode)
+    return profile.with_memory_mode(cfg.costs.memory_mode)
 
 
 def build_cost_model(

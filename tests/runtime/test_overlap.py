@@ -15,7 +15,7 @@ from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, AggregationRecord
 from mosaic.pipeline import prepare, run_scheduler
 from mosaic.runtime.executor import Executor
 
-from .test_pipeline_invariants import _cfg, check_trace
+from .test_pipeline_invariants import OLD_MODEL, _cfg, check_trace
 
 SCHEDULERS = ("round-robin", "greedy-lpt", "greedy-online", "greedy-lpt+steal")
 EPS = 1e-6
@@ -61,7 +61,8 @@ def test_overlapped_runs_decide_like_the_barrier_and_aggregate_after_their_own_e
 
 
 def test_without_the_barrier_aggregation_starts_while_experts_still_run():
-    exp = prepare(_cfg("gpqa", 60, 4, 3, 0))  # round-robin: one worker's long reasoning queue ends the stage
+    # round-robin: one worker's long reasoning queue ends the stage (a scenario built under the old models)
+    exp = prepare(_cfg("gpqa", 60, 4, 3, 0, costs=OLD_MODEL))
     free = run_scheduler(_overlapped(exp, True), "round-robin")
     aggs = [r for r in free.records if isinstance(r, RequestRecord) and r.stage == AGGREGATION_STAGE]
     assert min(r.start for r in aggs) < free.result.expert.end - 1.0
