@@ -57,3 +57,9 @@ def write_tiny_routerbench(folder: Path) -> Path:
 @pytest.fixture
 def tiny_routerbench(tmp_path: Path) -> Path:
     return write_tiny_routerbench(tmp_path / "routerbench")
+
+
+@pytest.fixture
+def tiny_routerbench_eval(tmp_path: Path) -> Path:
+    """A second copy, for --eval-dir."""
+    return write_tiny_routerbench(tmp_path / "routerbench_eval")

@@ -19,8 +19,8 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=120)
 
 
-def _table(out: Path) -> list[dict[str, str]]:
-    with (out / "table.csv").open() as fh:
+def _table(out: Path, name: str = "table.csv") -> list[dict[str, str]]:
+    with (out / name).open() as fh:
         return list(csv.DictReader(fh))
 
 
@@ -42,8 +42,32 @@ def test_script_on_hand_written_data(tiny_routerbench: Path, tmp_path: Path) -> 
     # claude-v1 and claude-v2 give the gold letter on every question, llama-2-70b never answers: confidence 2/3
     assert float(arc[1.0]["skip_pct"]) == 0.0 and float(arc[0.67]["skip_pct"]) == 100.0
     assert float(arc[0.67]["acc_adaptive_pct"]) == 100.0
-    assert (out / "accuracy_vs_skip.png").stat().st_size > 10_000
+    assert (out / "accuracy_vs_skip.png").stat().st_size > 10_000 and (out / "reliability.png").is_file()
     assert json.loads((out / "results.json").read_text())["args"]["aggregator"] == "gpt-4-1106-preview"
+    learned = _table(out, "learned.csv")
+    assert {r["policy"] for r in learned} >= {"expected loss @T=1 skip", "P(majority) @T=1 acc"}
+    for r in learned:
+        assert float(r["gain_vs_t1_pp_lo"]) <= float(r["gain_vs_t1_pp"]) <= float(r["gain_vs_t1_pp_hi"])
+    assert {r["task"] for r in _table(out, "calibration.csv")} == {"arc-challenge", "winogrande", "mbpp"}
+    assert "ECE" in proc.stdout and "vs front pp" in proc.stdout
+
+
+def test_script_eval_dir_evaluates_on_the_other_files(tiny_routerbench: Path, tiny_routerbench_eval: Path,
+                                                      tmp_path: Path) -> None:  # fmt: skip
+    """--eval-dir: calibrate on every question of --data-dir, evaluate on the same-named files of DIR."""
+    ev = tiny_routerbench_eval
+    rows = list(csv.DictReader((ev / "arc_challenge_train.csv").open()))
+    with (ev / "arc_challenge_train.csv").open("w", newline="") as fh:  # a smaller evaluation file
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows[:3])
+    out = tmp_path / "out"
+    proc = _run("--data-dir", str(tiny_routerbench), "--eval-dir", str(ev), "--out", str(out), "--tasks",
+                "arc-challenge", "--boot", "50")  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert {int(r["n"]) for r in _table(out)} == {3} and {int(r["n"]) for r in _table(out, "learned.csv")} == {3}
+    proc = _run("--data-dir", str(tiny_routerbench), "--eval-dir", str(tmp_path / "none"), "--out", str(out))
+    assert proc.returncode == 2 and "--eval-dir" in proc.stderr
 
 
 def test_script_rejects_bad_arguments(tiny_routerbench: Path, tmp_path: Path) -> None:
@@ -62,7 +86,7 @@ def test_script_on_real_routerbench(tmp_path: Path) -> None:
     if not default_data_dir().is_dir():
         pytest.skip(f"RouterBench answers not present at {default_data_dir()} (set MOSAIC_SHARED_DATA)")
     out = tmp_path / "real"
-    proc = _run("--out", str(out))
+    proc = _run("--out", str(out), "--boot", "200")
     assert proc.returncode == 0, proc.stderr
     rows = {(r["task"], r["set"], float(r["T"])): r for r in _table(out)}
     for task in ("arc-challenge", "winogrande", "mbpp"):
