@@ -7,17 +7,17 @@ Executor on the configured backend, writing its trace; ``compare`` runs several 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
 from mosaic.agents import Scheduler, make_scheduler
-from mosaic.agents.bounds import latency_array
+from mosaic.agents.bounds import TrueBound, latency_array, true_costs, true_lower_bound
 from mosaic.agents.policy import PlanReplay
 from mosaic.agents.thresholds import make_aggregation_policy
 from mosaic.core.config import RunConfig
-from mosaic.core.errors import ConfigError, RegistryError
+from mosaic.core.errors import ConfigError, PlanError, RegistryError
 from mosaic.core.trace import EXPERT_STAGE, Record, RequestRecord, TraceWriter, finished_requests
 from mosaic.core.types import Cluster, Plan, Query, Responses, Workload
 from mosaic.predictors.factory import build_cost_model
@@ -245,18 +245,68 @@ def metrics_of(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class PlanQuality:
+    """How good any expert-stage plan of an experiment can be, from the true lengths the simulator replays."""
+
+    bound: TrueBound  # the true-length lower bound and its parts (valid for every plan)
+    oracle_s: float  # simulated expert stage of mosaic-ilp planned with the true lengths (nan: not run)
+    oracle_stats: Mapping[str, float | int | str]  # the oracle plan's stats (its solve)
+
+
+ORACLE = "mosaic-ilp"  # the scheduler the oracle plan is made with (its config options apply)
+
+
+def plan_quality(exp: Experiment, oracle: bool = True) -> PlanQuality:
+    """The true-length lower bound of ``exp``'s expert stage and, with ``oracle``, the simulated makespan of
+    mosaic-ilp given the true lengths (same options and scheduler generator as a compared mosaic-ilp run)."""
+    true = true_costs(exp.workload, exp.responses, exp.costs)
+    bound = true_lower_bound(exp.workload, exp.responses, exp.costs, exp.cluster)
+    if not oracle:
+        return PlanQuality(bound, float("nan"), {})
+    scheduler = scheduler_from_config(exp.cfg, ORACLE)
+    rng = exp.scheduler_rng()
+    try:
+        plan = scheduler.plan(exp.workload, true, exp.cluster, rng)
+    except PlanError:  # no oracle plan (e.g. the ILP's memory constraints): the bound alone
+        return PlanQuality(bound, float("nan"), {})
+    plan.validate(exp.workload, exp.cluster)
+    backend = BACKENDS.get("sim")(exp.cfg, exp.responses, exp.costs)
+    try:
+        with TraceWriter(None) as trace:
+            result = backend.run_stage(EXPERT_STAGE, plan, exp.workload, exp.cluster, trace)
+    finally:
+        backend.close()
+    return PlanQuality(bound, result.makespan, dict(plan.stats))
+
+
+def with_quality(run: SchedulerRun, quality: PlanQuality) -> SchedulerRun:
+    """``run`` with the experiment's true bound (``true_lb_s`` and its parts ``true_lb_*``) and oracle makespan
+    (``oracle_s``) added to its metrics' stats (the comparison table's true-gap columns read them)."""
+    extra = {f"true_lb_{k}": v for k, v in quality.bound.as_dict().items()}
+    extra |= {"true_lb_s": quality.bound.value, "oracle_s": quality.oracle_s}
+    return replace(run, metrics=replace(run.metrics, stats={**run.metrics.stats, **extra}))
+
+
 def compare(
     exp: Experiment,
     schedulers: Sequence[str | PlannedRun],
     out_dir: Path | None,
     progress: ProgressFn | None = None,
+    quality: bool | None = None,
 ) -> list[SchedulerRun]:
     """Run each scheduler (a name, or planned by :func:`plan_scheduler`) on the same experiment; traces go to
-    ``out_dir/<name>.trace.jsonl``."""
+    ``out_dir/<name>.trace.jsonl``. ``quality`` (default: on the sim backend, whose lengths are the truth): add
+    :func:`plan_quality`'s true bound and oracle makespan to every run's stats."""
     runs = []
     for item in schedulers:
         name = item.name if isinstance(item, PlannedRun) else item
         if progress:
             progress(name)
         runs.append(run_scheduler(exp, item, out_dir / f"{name}.trace.jsonl" if out_dir else None))
+    if quality if quality is not None else exp.cfg.runtime.backend == "sim":
+        if progress:
+            progress("the true-length bound and the oracle plan")
+        found = plan_quality(exp)
+        runs = [with_quality(r, found) for r in runs]
     return runs

@@ -21,8 +21,10 @@ import numpy as np
 
 from mosaic.agents.common import normalize_resident, requests_by_expert, segments, worker_gpus
 from mosaic.core.errors import PlanError
-from mosaic.core.types import Cluster, Plan, Request, Workload, plan_from_order
+from mosaic.core.types import Cluster, Plan, Request, Responses, Workload, plan_from_order
+from mosaic.predictors.costmodel import ProfiledCostModel
 from mosaic.predictors.interface import CostModel
+from mosaic.predictors.lengths import OracleLengthPredictor
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,6 +162,61 @@ def lower_bound(
     return bound_terms(workload, costs, cluster, resident, placement).value
 
 
+def expert_floors(workload: Workload, costs: CostModel, gpu: str) -> dict[str, float]:
+    """Expert -> least worker-seconds its requests need on ``gpu`` over all workers together (``min_group_seconds``
+    when the cost model has it, else the sum of ``min_request_seconds``); additive over any split of the requests."""
+    group_floor = getattr(costs, "min_group_seconds", None)
+    reqs = workload.requests
+    out = {}
+    for expert, ids in requests_by_expert(workload).items():
+        group = [reqs[i] for i in ids]
+        cheapest = float(min_seconds_array(costs, group, gpu).sum())
+        out[expert] = max(cheapest, group_floor(group, gpu)) if group_floor is not None else cheapest
+    return out
+
+
+def replication_bound(
+    workload: Workload, costs: CostModel, cluster: Cluster, resident: Mapping[int, str | None] | None = None,
+    lower: float = 0.0,
+) -> float:  # fmt: skip
+    """Least ``C`` for which replica counts exist (one GPU type; 0 otherwise): an expert on ``r`` workers leaves
+    one of them at least ``F_e / r`` of its floor ``F_e`` (:func:`expert_floors`) plus its load (unless resident
+    somewhere), so ``r_e >= F_e / (C - load_e)``; and all workers together carry ``sum_e F_e`` plus a load for
+    every replica beyond the resident ones, at most ``W x C``. Found by bisection from ``lower`` (a valid floor)."""
+    gpus = worker_gpus(cluster)
+    types = set(gpus.values())
+    floors = expert_floors(workload, costs, next(iter(types))) if len(types) == 1 and workload.requests else {}
+    if not floors:
+        return 0.0
+    n_w, gpu = len(gpus), next(iter(types))
+    held = {e: sum(1 for x in normalize_resident(cluster, resident).values() if x == e) for e in floors}
+    load = {e: costs.load_seconds(e, gpu) for e in floors}
+    total = sum(floors.values())
+
+    def fits(c: float) -> bool:
+        used = total
+        for e, f in floors.items():
+            room = c - (0.0 if held[e] else load[e])
+            if room <= 0:
+                return False
+            r = max(1, math.ceil(f / room - 1e-12))
+            if r > n_w:
+                return False
+            used += max(r - held[e], 0) * load[e]
+        return used <= n_w * c * (1 + 1e-12)
+
+    lo = max(lower, total / n_w)
+    hi = max(lo, max(load.values()) + total) * 2.0 + 1.0
+    if fits(lo):
+        return lo
+    for _ in range(100):
+        if hi - lo <= 1e-9 * hi:
+            break
+        mid = 0.5 * (lo + hi)
+        lo, hi = (lo, mid) if fits(mid) else (mid, hi)
+    return lo
+
+
 def order_worker_times(
     order: Mapping[int, Sequence[int]],
     workload: Workload,
@@ -240,3 +297,49 @@ def plan_with_estimates(
                                                "lb_chain_s": terms.chain_s, "lb_placement_s": terms.placement_s,
                                                **(stats or {})}  # fmt: skip
     return replace(draft, predicted_makespan=makespan, lower_bound=terms.value, stats=all_stats)
+
+
+@dataclass(frozen=True, slots=True)
+class TrueBound:
+    """A lower bound on the simulated expert-stage makespan of every plan, from the true output lengths (seconds)."""
+
+    work_s: float  # (unavoidable loads + every expert's floor) / number of workers
+    chain_s: float  # slowest request alone (its decode-latency floor) plus its expert's load unless resident
+    replication_s: float  # per-expert replica counts vs. their loads (:func:`replication_bound`)
+    placement_s: float  # the placement relaxation with true costs (:mod:`mosaic.ilp.relaxation`); 0 if not computed
+
+    @property
+    def value(self) -> float:
+        """The bound: the largest part."""
+        return max(self.work_s, self.chain_s, self.replication_s, self.placement_s)
+
+    def as_dict(self) -> dict[str, float]:
+        return {"work_s": self.work_s, "chain_s": self.chain_s, "replication_s": self.replication_s,
+                "placement_s": self.placement_s, "value_s": self.value}  # fmt: skip
+
+
+def true_costs(workload: Workload, responses: Responses, costs: CostModel) -> CostModel:
+    """``costs`` (a :class:`ProfiledCostModel`) with every request priced at its true output length, bound to
+    ``workload``: what an oracle scheduler and the true bound see."""
+    profile = getattr(costs, "profile", None)
+    if profile is None:
+        raise PlanError(f"true costs need a profiled cost model (with a profile), got {type(costs).__name__}")
+    return ProfiledCostModel(profile, OracleLengthPredictor(responses), workload)
+
+
+def true_lower_bound(
+    workload: Workload,
+    responses: Responses,
+    costs: CostModel,
+    cluster: Cluster,
+    resident: Mapping[int, str | None] | None = None,
+    placement: bool = True,
+) -> TrueBound:
+    """The true-length lower bound of one stage and its parts. Valid for the simulated makespan of every plan (any
+    placement, replication and order, static or not) in both memory modes and both step models: every floor
+    prices a decode step by its first (memory) line, which the ``max`` model never undercuts, and counts the KV
+    cache as the mode holds it (reserved or paged, ``ProfiledCostModel.floor_terms``); teardown is left out."""
+    true = true_costs(workload, responses, costs)
+    terms = bound_terms(workload, true, cluster, resident, placement)
+    repl = replication_bound(workload, true, cluster, resident, max(terms.work_s, terms.chain_s))
+    return TrueBound(terms.work_s, terms.chain_s, repl, terms.placement_s)

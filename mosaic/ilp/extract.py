@@ -65,14 +65,33 @@ def worker_order(inst: IlpInstance, w: int, groups: Mapping[int, list[int]], agg
 
     def rank(e: int) -> tuple[int, float, int]:
         name = inst.experts[e]
-        first = 0 if name == resident else (2 if aggregator_last and name == inst.aggregator else 1)
+        first = 0 if name == resident else (3 if aggregator_last and name == inst.aggregator else 1)
         return first, -float(sec[groups[e]].mean()), e
 
+    ranked = sorted(groups, key=rank)
+    last = _teardown_last(inst, t, ranked, resident, aggregator_last)
     order: list[int] = []
-    for e in sorted(groups, key=rank):
+    for e in [x for x in ranked if x != last] + ([last] if last is not None else []):
         ids = np.asarray(groups[e])
         order += ids[np.lexsort((ids, -sec[ids]))].tolist()
     return order
+
+
+def _teardown_last(
+    inst: IlpInstance, t: int, ranked: list[int], resident: str | None, aggregator_last: bool
+) -> int | None:
+    """The expert to run last on a worker: the last one is never freed, so the one with the costliest teardown
+    (unless the aggregator goes last, or only the resident one is there); None when the ranked order stands."""
+    if inst.unload is None or len(ranked) < 2:
+        return None
+    names = [inst.experts[e] for e in ranked]
+    if aggregator_last and inst.aggregator in names:
+        return None
+    movable = [e for e in ranked if inst.experts[e] != resident]
+    if not movable:
+        return None
+    best = max(movable, key=lambda e: (float(inst.unload[e, t]), -ranked.index(e)))
+    return best if inst.unload[best, t] > inst.unload[ranked[-1], t] else None
 
 
 def exact_busy(inst: IlpInstance, per_worker: list[dict[int, list[int]]]) -> np.ndarray:

@@ -41,6 +41,7 @@ class InstanceOptions:
     max_straggler_vars: int = 1000  # stragglers x workers at most (the slowest stragglers are kept)
     replication_ratio: float = 1.0  # R_max(e) = floor(work_e / (ratio * load_e)), clamped to [1, workers]
     r_max: Mapping[str, int] | None = None  # expert -> R_max override (experts absent from the stage are ignored)
+    uncapped_pairs: int = 16  # stages of at most this many expert x worker pairs: no R_max rule (size is no concern)
     coresident_memory: bool = False  # experts placed on one worker must fit its memory together
     placement: Mapping[int, Sequence[str]] | None = None  # worker id -> experts it may serve (fixed mode)
 
@@ -87,6 +88,7 @@ class IlpInstance:
     request_cap: np.ndarray  # request id -> largest batch that still lowers its cost, per type (requests x types)
     resident: Mapping[int, str]  # worker id -> expert resident there (only experts of this stage)
     aggregator: str  # the workload's aggregator (served last where placed, so it stays resident)
+    unload: np.ndarray | None = None  # experts x types: teardown seconds (freeing it before another load)
 
     @property
     def n_buckets(self) -> int:
@@ -239,7 +241,7 @@ def _bucketize(
         for chunk in split_buckets(length[rest], seconds[rest], rest, buckets):
             b_expert.append(e)
             b_ids.append(tuple(chunk.tolist()))
-            b_strag.append(False)
+            b_strag.append(chunk.size == 1)  # a lone request: its latency is modelled exactly too
     return b_expert, b_ids, b_strag
 
 
@@ -321,12 +323,14 @@ def build_instance(
         allowed = _placement(opt.placement, experts, ids, allowed)
     demand = [len(groups[e]) for e in experts]
     work = [float(full[groups[e], 0].sum()) for e in experts]
-    caps = replication_caps(experts, work, load.min(axis=1, initial=np.inf).tolist(), demand, len(ids),
-                            opt.replication_ratio, opt.r_max)  # fmt: skip
+    small = len(experts) * len(ids) <= opt.uncapped_pairs  # the rule limits model size; a small model needs no cap
+    caps = replication_caps(experts, work, [0.0] * len(experts) if small else load.min(axis=1, initial=np.inf).tolist(),
+                            demand, len(ids), opt.replication_ratio, opt.r_max)  # fmt: skip
     allowed.flags.writeable = False
     return IlpInstance(
         experts, ids, types, wtype, tuple(b_expert), tuple(b_ids), tuple(b_strag), _frozen(b_sec), _frozen(b_fix),
         _frozen(d_mean), _frozen(lat_max), _frozen(dec_max), _frozen(b_lat), _frozen(load), _frozen(need),
         tuple(cap.tolist()), allowed, opt.placement is not None, caps, opt.coresident_memory, _frozen(full),
         _frozen(fixed), _frozen(decode), _frozen(_caps(full, fixed, decode)), res, workload.aggregator.name,
+        _frozen(np.array([[costs.unload_seconds(e, g) for g in types] for e in experts]).reshape(-1, len(types))),
     )  # fmt: skip

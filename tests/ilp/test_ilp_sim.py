@@ -28,8 +28,9 @@ CONFIGS = Path(__file__).resolve().parents[2] / "experiments" / "configs"
 
 
 @cache
-def experiment(name: str, predictor: str) -> Experiment:
-    return prepare(load_config(CONFIGS / f"{name}.yaml", [f"costs.predictor={predictor}"]))
+def experiment(name: str, predictor: str, memory_mode: str | None = None) -> Experiment:
+    mode = [f"costs.memory_mode={memory_mode}"] if memory_mode else []
+    return prepare(load_config(CONFIGS / f"{name}.yaml", [f"costs.predictor={predictor}", *mode]))
 
 
 def simulate(exp: Experiment, scheduler: str) -> tuple[float, float]:
@@ -59,10 +60,14 @@ def test_ilp_beats_the_baselines_on_paper_workloads(name):
 
 
 @pytest.mark.parametrize("name", ["medmcqa", "mmlu_pro", "gpqa"])
-def test_ilp_plan_within_three_percent_of_the_lower_bound(name):
-    """The issue's goal: predicted makespan <= 1.03 x the lower bound on every paper workload (measured: 0.1-0.2%,
-    the placement relaxation being the binding term; the work bound alone left GPQA at 24%)."""
-    exp = experiment(name, "mean")
+@pytest.mark.parametrize(("mode", "limit"), [("reserve", 0.03), ("paged", 0.12)])
+def test_ilp_plan_near_the_lower_bound(name, mode, limit):
+    """Predicted makespan against the cost model's lower bound on every paper workload (model-only: both from the
+    per-expert means). Reserved KV: within 3% (the placement relaxation binds; the work bound alone left GPQA at
+    24%). Paged KV: the floor counts the KV a request holds as it generates (p + j), not its reservation, because
+    the simulator admits on held blocks; the estimate keeps the reservation (preemptions make a lockstep batch
+    behave so: test above), so the gap is the floor's (measured issue 19: MedMCQA 4.3%, MMLU-Pro 11.0%)."""
+    exp = experiment(name, "mean", mode)
     plan = MosaicIlpScheduler().plan(exp.workload, exp.costs, exp.cluster, np.random.default_rng(0))
     assert plan.lower_bound <= plan.predicted_makespan + 1e-6
-    assert plan.predicted_makespan <= 1.03 * plan.lower_bound, plan.stats
+    assert plan.predicted_makespan <= (1 + limit) * plan.lower_bound, plan.stats

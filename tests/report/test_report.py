@@ -1,4 +1,5 @@
 import io
+from dataclasses import replace
 
 import pytest
 from rich.console import Console
@@ -68,8 +69,10 @@ def test_table_speedups_against_baseline():
     ms = [_metrics("round-robin", 200.0, 40.0), _metrics("lpt", 100.0, 20.0, predicted=51.0)]
     r = rows(ms, "round-robin")
     assert r[0][2] == "1.00" and r[1][2] == "2.00" and r[1][6] == "2.00"
-    assert r[1][8] == "100.0"  # gap: simulated 100 s vs bound 50 s
-    assert r[1][9] == "2.0"  # plan gap: predicted 51 s vs bound 50 s
+    assert r[1][7:10] == ["-", "-", "-"]  # no true lengths known: no true bound, gap or oracle
+    assert r[1][10] == "50.0" and r[1][11] == "2.0"  # pred gap: predicted 51 s vs the predicted bound 50 s
+    known = replace(ms[1], stats={"true_lb_s": 80.0, "oracle_s": 90.0})
+    assert rows([ms[0], known], "round-robin")[1][7:10] == ["80.0", "25.0", "+11.1"]  # 100 s vs 80 s and vs 90 s
     out = io.StringIO()
     Console(file=out, width=250).print(comparison_table(ms, "round-robin", "t"))
     assert "speedup over round-robin" in out.getvalue()
