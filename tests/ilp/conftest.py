@@ -1,7 +1,8 @@
-"""Random small stages for the exhaustive tests (issue 19): <= 3 workers, <= 3 experts, <= 8 requests, mixed long and
-short outputs, tight memory (small batch caps, KV caches that hold one or two long requests), both memory modes and
-both step models. Each comes with its true lengths, a profiled cost model that knows them (the oracle) and the
-simulator that replays them; :func:`exhaustive_optimum` enumerates every plan and scores it with the simulator.
+"""Test helpers: random small stages for the exhaustive tests (issue 19): <= 3 workers, <= 3 experts, <= 8 requests,
+mixed long and short outputs, tight memory (small batch caps, KV caches that hold one or two long requests), both
+memory modes and both step models. Each comes with its true lengths, a profiled cost model that knows them (the
+oracle) and the simulator that replays them; :func:`exhaustive_optimum` enumerates every plan and scores it with
+the simulator.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cache
+from types import SimpleNamespace
 
 import numpy as np
+import pytest
 
 from mosaic.core.trace import EXPERT_STAGE, TraceWriter
 from mosaic.core.types import Cluster, Expert, ExpertKind, Plan, Query, Response, Responses, Workload
@@ -134,3 +137,9 @@ def exhaustive_optimum(inst: Small) -> float:
             nxt[mask] = value
         layer = nxt
     return layer[full]
+
+
+@pytest.fixture(scope="session")
+def small() -> SimpleNamespace:
+    """The helpers above, for the tests (conftest modules are not imported by name)."""
+    return SimpleNamespace(instance=small_instance, optimum=exhaustive_optimum, simulate=simulate)
