@@ -33,8 +33,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
+from mosaic.core.config import load_config
 from mosaic.envs.agg_threshold import AggThresholdEnv
-from mosaic.envs.instances import resolve_config
+from mosaic.envs.instances import DEFAULT_ENV_OVERRIDES
 from mosaic.envs.reschedule import RescheduleEnv
 
 TARGET = 5_000.0
@@ -111,8 +112,9 @@ def main() -> None:
     ap.add_argument("--config", help="run config of the scenario (default: the envs' 40-query GPQA-like one)")
     ap.add_argument("--baseline", help="git revision of the env before the runtime loop (default: found by git)")
     ap.add_argument("--no-baseline", action="store_true", help="do not run the env as it was")
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     args = ap.parse_args()
-    cfg = resolve_config(args.config)
+    cfg = load_config(args.config, [*([] if args.config else DEFAULT_ENV_OVERRIDES), *args.set])
     old_cls, rev = (None, "not run") if args.no_baseline else baseline_env(args.baseline)
     modes: dict[str, dict[str, Any]] = {
         "Reschedule-v0 (start=empty)": {},

@@ -23,9 +23,10 @@ CONFIG = Path(__file__).resolve().parents[1] / "experiments" / "configs" / "medm
 SAMPLE = 2_000  # queries of the capacity measurement
 
 
-def capacity(queries: int) -> float:
+def capacity(queries: int, overrides: list[str]) -> float:
     """Queries/s round-robin sustains on this workload: its throughput on a sample of it as one offline batch."""
-    cfg = load_config(CONFIG, ["workload.questions=synthetic", f"workload.num_queries={min(queries, SAMPLE)}",
+    cfg = load_config(CONFIG, [*overrides, "workload.questions=synthetic",
+                               f"workload.num_queries={min(queries, SAMPLE)}",
                                "runtime.barrier=false", "tracking.mode=disabled"])  # fmt: skip
     exp = prepare(cfg)
     return len(exp.workload.queries) / run_scheduler(exp, "round-robin").metrics.end_to_end
@@ -36,10 +37,11 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=100_000)
     ap.add_argument("--load", type=float, default=0.8, help="arrival rate as a share of round-robin's capacity")
     ap.add_argument("--schedulers", nargs="+", default=["greedy-online", "greedy-lpt+rolling", "mosaic-ilp+rolling"])
+    ap.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="config overrides")
     args = ap.parse_args()
     t0 = time.perf_counter()
-    rate = args.load * capacity(args.queries)
-    cfg = load_config(CONFIG, ["workload.questions=synthetic", f"workload.num_queries={args.queries}",
+    rate = args.load * capacity(args.queries, args.set)
+    cfg = load_config(CONFIG, [*args.set, "workload.questions=synthetic", f"workload.num_queries={args.queries}",
                                f"workload.arrival_rate={rate}",
                                "runtime.barrier=false", "tracking.mode=disabled"])  # fmt: skip
     exp = prepare(cfg)

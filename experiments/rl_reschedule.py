@@ -50,6 +50,7 @@ class Args:
     reward_ref: str = "plan"  # reward normaliser: plan (ILP plan's simulated makespan) | lower_bound | round-robin
     seed: int = 0
     wandb: str = "offline"  # W&B mode of each training run: offline | online | disabled
+    set: tuple[str, ...] = ()  # config overrides KEY=VALUE (e.g. costs.step_model=sum costs.memory_mode=reserve)
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -67,7 +68,8 @@ def paired(rows: dict, name: str, base: str) -> dict:
 
 def run_noise(args: Args, noise: float, console: Console) -> dict:
     """Train on one noise level, evaluate on the test instances; returns the rows and paired comparisons."""
-    overrides = ["tracking.mode=disabled"] + ([f"workload.num_queries={args.num_queries}"] if args.num_queries else [])
+    overrides = [*args.set, "tracking.mode=disabled",
+                 *([f"workload.num_queries={args.num_queries}"] if args.num_queries else [])]  # fmt: skip
     cfg = load_config(args.config, overrides)
     env = {
         "n_instances": args.train_instances,

@@ -47,6 +47,7 @@ class Args:
     episode_len: int = 32  # decisions per episode
     wandb: str = "offline"  # W&B mode of each training run: offline | online | disabled
     budget_s: float = 600.0  # stop training further policies once this much wall time is spent
+    set: tuple[str, ...] = ()  # config overrides KEY=VALUE (e.g. costs.step_model=sum costs.memory_mode=reserve)
 
 
 def parse_args(argv: list[str] | None = None) -> Args:
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
     console = Console()
     out = Path(args.out)
-    cfg = load_config(None, ["name=rl_thresholds"])
+    cfg = load_config(None, ["name=rl_thresholds", *args.set])
     opts = TrainOptions("threshold", args.algo, args.timesteps, args.seed, out, TrackingCfg(mode=args.wandb),
                         eval_freq=max(args.timesteps // 4, 1), n_eval=10,
                         env={"lam": 0.0, "episode_len": args.episode_len}, source="routerbench",

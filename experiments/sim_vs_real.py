@@ -3,9 +3,12 @@
     python experiments/sim_vs_real.py                       # cpu_tiny, round-robin + greedy-lpt
     python experiments/sim_vs_real.py --reprofile           # measure the cost profile first (mosaic profile)
     MOSAIC_VLLM_PYTHON=/path/to/venv/bin/python python experiments/sim_vs_real.py   # engines in another venv
+    python experiments/sim_vs_real.py --memory-modes paged reserve   # the same real runs replayed under both KV modes
+    python experiments/sim_vs_real.py --set costs.memory_mode=reserve   # config overrides (the models before issue 22)
 
 For every scheduler: run the plan on the ``vllm`` backend (real engines, one process per worker), then replay the
 same plans with the real output lengths in the simulator with the profile, and print each worker's makespan error.
+``--memory-modes``: replay the same real runs once per simulated KV mode (default: the config's ``costs.memory_mode``).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ class Args:
     models_dir: str = "models"  # where missing tiny models are built
     out: str = "runs/sim_vs_real"  # traces, the error table (JSON) and the real-vs-simulated Gantt PNG
     wandb: str = choice_field("offline", TRACKING_MODES)  # W&B mode of the run (error table and Gantt)
+    set: tuple[str, ...] = ()  # config overrides KEY=VALUE (e.g. costs.memory_mode=reserve)
+    memory_modes: tuple[str, ...] = ()  # simulated KV modes to replay under (default: the config's)
 
 
 def parse() -> Args:
@@ -92,9 +97,9 @@ def build_profile(cfg, workload, out: str, console: Console, concurrent: bool = 
 def main() -> None:
     args = parse()
     console = Console(width=140)
-    base = load_config(args.config)
+    base = load_config(args.config, list(args.set))
     profile_path = args.profile or base.costs.profile
-    cfg = load_config(args.config, [f"costs.profile={profile_path}", "runtime.backend=vllm"])
+    cfg = load_config(args.config, [*args.set, f"costs.profile={profile_path}", "runtime.backend=vllm"])
     workload, _ = build_workload(cfg, np.random.default_rng(cfg.seed))  # models and names only
     ensure_tiny_models(args.models_dir, [e.model_id for e in (*workload.experts, workload.aggregator)])
     if args.reprofile or not Path(profile_path).is_file():
@@ -109,21 +114,13 @@ def main() -> None:
         console.print(f"{name}: real run took {time.perf_counter() - t:.0f} s wall, expert makespan "
                       f"{run.metrics.expert_makespan:.2f} s, end-to-end {run.metrics.end_to_end:.2f} s")  # fmt: skip
         runs.append(run)
-    # cross-check: a simulation without teardown plus each replaced engine's teardown added by hand (unload_extra);
-    # it should match "sim", which models teardown itself (ModelCost.unload_s)
-    pure, unload = split_unload(CostProfile.from_file(profile_path), cfg.cluster.gpu_type)
-    pure_costs = ProfiledCostModel(pure.with_max_batch(cfg.runtime.max_batch, cap=True),
-                                   MeanLengthPredictor(expert_means(cfg, exp.workload)), exp.workload)  # fmt: skip
+    rows: list[dict] = []
     simulated: dict[str, list] = {}
-    errors = fidelity_of_runs(exp, runs, aggregation_policy(exp), lambda n: scheduler_from_config(cfg, n), unload,
-                              pure_costs, simulated)  # fmt: skip
-    console.print(fidelity_table(errors, f"{cfg.name}: simulator vs real engines ({profile_path})"))
-    for stage in ("expert", "aggregation"):
-        console.print(f"largest per-worker {stage}-stage error: {max_worker_error(errors, stage):.1%} "
-                      f"(with unload costs: {max_worker_error(errors, stage, unload=True):.1%})")  # fmt: skip
-    rows = [{"scheduler": e.scheduler, "stage": e.stage, "worker": e.worker, "real_s": e.real_s, "sim_s": e.sim_s,
-             "error": e.error, "sim_unload_s": e.sim_unload_s, "unload_error": e.unload_error}
-            for e in errors]  # fmt: skip
+    for mode in args.memory_modes or (cfg.costs.memory_mode,):
+        mode_cfg = load_config(args.config, [*args.set, f"costs.profile={profile_path}", "runtime.backend=vllm",
+                                             f"costs.memory_mode={mode}"])  # fmt: skip
+        rows += replay(prepare(mode_cfg) if mode != cfg.costs.memory_mode else exp, runs, profile_path, console,
+                       simulated if not simulated else {})  # fmt: skip
     (out / "fidelity.json").write_text(json.dumps(rows, indent=2), encoding="utf-8")
     panels = {f"{r.name} {kind}": recs for r in runs for kind, recs in (("real", r.records), ("simulated",
               simulated[r.name]))}  # fmt: skip
@@ -132,6 +129,27 @@ def main() -> None:
                         {"config": args.config, "profile": profile_path, "schedulers": args.schedulers}, out,
                         {"fidelity": (list(rows[0]), [list(r.values()) for r in rows])}, {"gantt": png})  # fmt: skip
     console.print(f"errors -> {out / 'fidelity.json'}, Gantt -> {png}" + (f", W&B -> {directory}" if directory else ""))
+
+
+def replay(exp, runs: list, profile_path: str, console: Console, simulated: dict[str, list]) -> list[dict]:
+    """The real ``runs`` replayed on the simulator of ``exp`` (its profile and KV mode): the error table printed,
+    its rows returned (with the KV mode); the simulated records of each run kept in ``simulated``."""
+    cfg = exp.cfg
+    # cross-check: a simulation without teardown plus each replaced engine's teardown added by hand (unload_extra);
+    # it should match "sim", which models teardown itself (ModelCost.unload_s)
+    pure, unload = split_unload(CostProfile.from_file(profile_path), cfg.cluster.gpu_type)
+    pure = pure.with_max_batch(cfg.runtime.max_batch, cap=True).with_memory_mode(cfg.costs.memory_mode)
+    pure_costs = ProfiledCostModel(pure, MeanLengthPredictor(expert_means(cfg, exp.workload)), exp.workload)
+    errors = fidelity_of_runs(exp, runs, aggregation_policy(exp), lambda n: scheduler_from_config(cfg, n), unload,
+                              pure_costs, simulated)  # fmt: skip
+    mode = cfg.costs.memory_mode
+    console.print(fidelity_table(errors, f"{cfg.name}: simulator ({mode} KV) vs real engines ({profile_path})"))
+    for stage in ("expert", "aggregation"):
+        console.print(f"{mode} KV: largest per-worker {stage}-stage error: {max_worker_error(errors, stage):.1%} "
+                      f"(with unload costs: {max_worker_error(errors, stage, unload=True):.1%})")  # fmt: skip
+    return [{"memory_mode": mode, "scheduler": e.scheduler, "stage": e.stage, "worker": e.worker, "real_s": e.real_s,
+             "sim_s": e.sim_s, "error": e.error, "sim_unload_s": e.sim_unload_s, "unload_error": e.unload_error}
+            for e in errors]  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -10,8 +10,9 @@ Measured in an engine worker process (same environment, cores and engine setting
 - **decode step**: wall time of every ``engine.step()`` (output processing included, as the backend sees it)
   of ``b`` sequences decoding together, for each batch size ``b``; ``step = base + per_seq * b + per_kv * kv`` is
   fitted by non-negative least squares on per-(batch, KV) medians.
-- **max_batch** (the engine's ``max_num_seqs``), **kv_capacity_tokens** (KV blocks x block size), **memory_gb**
-  (weight files + KV cache space).
+- **max_batch** (the engine's ``max_num_seqs``), **kv_capacity_tokens** (KV blocks x block size),
+  **kv_block_tokens** (the engine's block size, for the simulator's paged KV), **memory_gb** (weight files + KV cache
+  space).
 """
 
 from __future__ import annotations
@@ -195,7 +196,8 @@ def profile_engine(expert: str, spec: Mapping[str, Any], options: Mapping[str, A
     assert engine is not None
     vc = engine.engine.vllm_config
     max_batch = int(vc.scheduler_config.max_num_seqs)
-    kv_tokens = int((vc.cache_config.num_gpu_blocks or 0) * vc.cache_config.block_size) or 1
+    block = int(vc.cache_config.block_size or 16)
+    kv_tokens = int((vc.cache_config.num_gpu_blocks or 0) * block) or 1
     prefill = measure_prefill(engine, opts, rng)
     samples = measure_decode(engine, opts, rng, max_batch)
     base, per_seq, per_kv = fit_step(summarise(samples))
@@ -205,7 +207,7 @@ def profile_engine(expert: str, spec: Mapping[str, Any], options: Mapping[str, A
     load, free = statistics.median(loads), statistics.median(frees)
     kv_gb = float(vc.cache_config.kv_cache_memory_bytes or 0) / 1e9 if vc.device_config.device_type == "cpu" else 0.0
     cost = ModelCost(load, prefill, base, per_seq, per_kv, round(weights_gb(spec["path"]) + kv_gb, 4) or 0.001,
-                     max_batch, kv_tokens, free)  # fmt: skip
+                     max_batch, kv_tokens, free, kv_block_tokens=block)  # fmt: skip
     meta = {"path": str(spec["path"]), "engine_start_s": load, "unload_s": free, "load_s": loads, "free_s": frees,
             "options": asdict(opts), "decode_points": [list(p) for p in summarise(samples)]}  # fmt: skip
     return {"cost": asdict(cost), "meta": meta}

@@ -57,5 +57,7 @@ def test_paper_script_runs_every_scheduler_under_both_models(tmp_path: Path) -> 
     assert proc.returncode == 0, proc.stderr
     rows = json.loads((out / "results.json").read_text())["rows"]
     assert [(r["config"], r["mode"]) for r in rows] == [("gpqa", "sum/reserve"), ("gpqa", "max/paged")]
-    assert all(set(r["makespan_s"]) == {"round-robin", "greedy-lpt"} for r in rows)
-    assert "greedy-lpt speedup" in (out / "table.txt").read_text()
+    assert all(set(r["makespan_s"]) == set(r["expert_makespan_s"]) == {"round-robin", "greedy-lpt"} for r in rows)
+    assert all(r["expert_makespan_s"][s] <= r["makespan_s"][s] for r in rows for s in r["makespan_s"])
+    text = (out / "table.txt").read_text()
+    assert "greedy-lpt speedup" in text and "expert-stage makespan" in text
