@@ -18,7 +18,12 @@ from mosaic.core.config import RunConfig, load_config
 from mosaic.core.errors import ConfigError, MosaicError
 
 # Modules that add their own subcommands through ``register_cli(subparsers)``.
-EXTENSIONS = ("mosaic.predictors.commands", "mosaic.runtime.engine_commands", "mosaic.envs.commands")
+EXTENSIONS = (
+    "mosaic.predictors.commands",
+    "mosaic.runtime.engine_commands",
+    "mosaic.envs.commands",
+    "mosaic.reproduce",
+)
 
 TABLE_WIDTH = 200  # the comparison table's natural width: never squeeze it into a narrow (or piped, 80-column) console
 console = Console(width=max(Console().width, TABLE_WIDTH))
@@ -221,8 +226,22 @@ def _show_warning(message: Warning | str, category: type[Warning], *rest: Any, *
 _python_showwarning = warnings.showwarning
 
 
+def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """The command line; what follows a ``--`` goes to ``script_args`` of a command that takes them
+    (``mosaic reproduce STUDY -- FLAGS``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    head, tail = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
+    parser = build_parser()
+    args = parser.parse_args(head)
+    if tail:
+        if not hasattr(args, "script_args"):
+            parser.error(f"mosaic {args.command} takes no arguments after --, got {' '.join(tail)}")
+        args.script_args = tail
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     with warnings.catch_warnings():
         warnings.showwarning = _show_warning
         try:
