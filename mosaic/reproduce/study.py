@@ -12,10 +12,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from mosaic.agents.bounds import lower_bound
+from mosaic.agents.bounds import true_lower_bound
 from mosaic.core.config import TrackingCfg
 from mosaic.pipeline import Experiment
-from mosaic.predictors.factory import build_cost_model
 from mosaic.report.gantt import plot_gantt
 from mosaic.report.table import PAPER_FIGURES
 from mosaic.report.tracking import log_run
@@ -32,7 +31,6 @@ from mosaic.reproduce.paper import (
     ratios,
 )
 from mosaic.reproduce.tables import bound_table, grid_table, skip_table, speedup_table
-from mosaic.workloads import expert_means
 
 INTRO = (
     "The paper's three workloads (4 x A100-80GB, six experts, k = 3 by skill routing) under round-robin, "
@@ -42,11 +40,9 @@ INTRO = (
 
 
 def experiment_bound(exp: Experiment) -> float | None:
-    """The lower bound of the experiment's expert stage priced with the true lengths the simulator replays (the
-    ``oracle`` length predictor) instead of the predicted ones."""
-    cfg = exp.cfg.model_copy(update={"costs": exp.cfg.costs.model_copy(update={"predictor": "oracle"})})
-    truth = build_cost_model(cfg, exp.workload, expert_means(cfg, exp.workload), exp.responses)
-    return lower_bound(exp.workload, truth, exp.cluster)
+    """The true-length lower bound of the experiment's expert stage (:func:`mosaic.agents.bounds.true_lower_bound`:
+    from the lengths the simulator replays, valid for every plan in both memory modes)."""
+    return true_lower_bound(exp.workload, exp.responses, exp.costs, exp.cluster).value
 
 
 def speedup_chart(cells: Sequence[Cell], workloads: Sequence[str], path: Path) -> Path:
