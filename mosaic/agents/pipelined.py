@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mosaic.agents.policy import ARRIVAL, START, Action, Dispatch, Event, Policy, Steal, View, Withdraw
+from mosaic.core.aggregation import Load
 
 
 class AggregateOnRelease(Policy):
@@ -29,10 +30,25 @@ class AggregateOnRelease(Policy):
         self._work: dict[int, float] = {}  # worker -> predicted seconds dispatched to it so far
         self._last: dict[int, str | None] = {}  # worker -> expert of the last request dispatched to it
         self._gpu: dict[int, str] = {}  # worker -> GPU type
+        self._view: View | None = None
+        self._live: set[int] = set()  # aggregator requests released, not known to be finished
+
+    def load(self) -> Load:
+        """The aggregator's queue now: released aggregator requests not finished, and their predicted seconds."""
+        view = self._view
+        if view is None:
+            return Load(0.0, 0, 0.0, 0)
+        done = view.finished()
+        self._live = {r for r in self._live if r not in done}
+        seconds = self._seconds[next(iter(self._seconds))] if self._seconds else None
+        queued_s = float(sum(seconds[r] for r in self._live)) if seconds is not None else 0.0
+        return Load(view.clock, len(self._live), queued_s, len(self._gpu))
 
     def decide(self, view: View, event: Event) -> Sequence[Action]:
-        if event.kind == START and self._own:
+        if event.kind == START:
             self._start(view)
+        elif event.kind == ARRIVAL:
+            self._live.update(r for r in event.requests if r >= self.first_gated)
         acts = list(self.inner.decide(view, event)) if event.kind in self.inner.events | {START} else []
         if not self._own:  # the inner policy dispatches the released requests itself
             return acts
@@ -49,6 +65,7 @@ class AggregateOnRelease(Policy):
         return acts
 
     def _start(self, view: View) -> None:
+        self._view, self._live = view, set()
         ws = view.cluster.workers
         self._gpu = {w.id: w.gpu_type for w in ws}
         for gpu in dict.fromkeys(self._gpu.values()):

@@ -1,7 +1,9 @@
 """Skip policies for the aggregation stage: a fixed confidence threshold, and a hook for learned policies.
 
 Registered in :data:`mosaic.agents.registry.AGGREGATION_POLICIES` on import:
-``always`` (never skip), ``threshold`` (:class:`FixedThreshold`), ``learned`` (:class:`LearnedThresholdPolicy`).
+``always`` (never skip), ``threshold`` (:class:`FixedThreshold`), ``learned`` (:class:`LearnedThresholdPolicy`),
+``calibrated`` (:class:`CalibratedSkip`, a fitted reliability model) and ``load-aware`` (:class:`LoadAwareThreshold`,
+the aggregator's queue and the query's wait at run time).
 :func:`features` is the observation shared with learned (RL) skip policies: one fixed-length float32 vector.
 """
 
@@ -15,7 +17,14 @@ from typing import Any
 import numpy as np
 
 from mosaic.agents.registry import AGGREGATION_POLICIES
-from mosaic.core.aggregation import SKIP_TOLERANCE, AggregationPolicy, AlwaysAggregate, ThresholdPolicy
+from mosaic.agents.reliability import SkipModel as ReliabilitySkipModel
+from mosaic.core.aggregation import (
+    SKIP_TOLERANCE,
+    AggregationPolicy,
+    AlwaysAggregate,
+    LoadProbe,
+    ThresholdPolicy,
+)
 from mosaic.core.errors import ConfigError, WorkloadError
 from mosaic.core.types import ExpertKind, Query
 
@@ -100,6 +109,67 @@ class FixedThreshold(ThresholdPolicy):
         return f"FixedThreshold({self.threshold:g})"
 
 
+class LoadAwareThreshold(FixedThreshold):
+    """Skip at confidence >= ``threshold`` while the aggregator keeps up, and at >= ``busy_threshold`` when it is
+    the bottleneck: its queue holds >= ``backlog_s`` predicted seconds per worker, or the query has already waited
+    ``slo_s`` seconds since it arrived (its latency budget is spent). The load comes from the no-barrier loop
+    (:meth:`watch`); without it (a stage barrier) the rule is the fixed ``threshold``."""
+
+    name = "load-aware"
+
+    def __init__(self, threshold: float = 1.0, busy_threshold: float = 0.67, backlog_s: float = 30.0,
+                 slo_s: float = math.inf, tolerance: float = DEFAULT_TOLERANCE) -> None:  # fmt: skip
+        super().__init__(threshold, tolerance)
+        self.busy_threshold = FixedThreshold(busy_threshold, tolerance).threshold
+        if not (backlog_s >= 0 and slo_s > 0):
+            raise ConfigError(f"load-aware policy: backlog_s must be >= 0 and slo_s > 0, got {backlog_s}, {slo_s}")
+        self.backlog_s, self.slo_s = float(backlog_s), float(slo_s)
+        self.probe: LoadProbe | None = None
+        self.busy_decisions = 0  # decisions made under the busy threshold in the current run
+
+    def watch(self, probe: LoadProbe | None) -> None:
+        self.probe, self.busy_decisions = probe, 0
+
+    def busy(self, query: Query) -> bool:
+        """Whether the aggregator is the bottleneck for ``query`` now."""
+        if self.probe is None:
+            return False
+        load = self.probe()
+        return load.backlog_s >= self.backlog_s or load.now - query.arrival >= self.slo_s
+
+    def decide(self, query: Query, answers: Sequence[str | None], confidence: float) -> bool:
+        if confidence >= self.threshold - self.tolerance:
+            return True
+        if confidence >= self.busy_threshold - self.tolerance and self.busy(query):
+            self.busy_decisions += 1
+            return True
+        return False
+
+    def __repr__(self) -> str:
+        return (f"LoadAwareThreshold({self.threshold:g}, busy {self.busy_threshold:g} at backlog "
+                f"{self.backlog_s:g} s/worker or waited {self.slo_s:g} s)")  # fmt: skip
+
+
+class CalibratedSkip(AggregationPolicy):
+    """Skip when the expected accuracy a skip loses, P(aggregator correct) - P(majority correct) of a
+    :class:`~mosaic.agents.reliability.SkipModel` fitted on calibration questions, is at most ``max_loss``."""
+
+    name = "calibrated"
+
+    def __init__(self, model: str | ReliabilitySkipModel, max_loss: float = 0.05) -> None:
+        self.model = model if isinstance(model, ReliabilitySkipModel) else ReliabilitySkipModel.load(model)
+        if not (isinstance(max_loss, int | float) and -1.0 <= max_loss <= 1.0):
+            raise ConfigError(f"calibrated skip policy: max_loss must be in [-1, 1], got {max_loss!r}")
+        self.max_loss = float(max_loss)
+
+    def decide(self, query: Query, answers: Sequence[str | None], confidence: float) -> bool:
+        x = self.model.features(query, answers)
+        return bool(self.model.expected_loss(x)[0] <= self.max_loss)
+
+    def __repr__(self) -> str:
+        return f"CalibratedSkip(max_loss={self.max_loss:g})"
+
+
 SkipModel = Any  # a callable features -> skip, or an object with .predict(features)
 Context = Callable[[Query], tuple[Sequence[ExpertKind | str], float]]  # query -> (expert kinds, aggregator seconds)
 
@@ -139,6 +209,11 @@ class LearnedThresholdPolicy(AggregationPolicy):
 AGGREGATION_POLICIES.register("always", "never skip the aggregator (the MoA baseline)")(AlwaysAggregate)
 AGGREGATION_POLICIES.register("threshold", "skip when expert agreement >= T (paper: T = 1, 2/3)")(FixedThreshold)
 AGGREGATION_POLICIES.register("learned", "skip when a learned model predicts so (RL hook)")(LearnedThresholdPolicy)
+AGGREGATION_POLICIES.register("calibrated", "skip when a calibrated model's expected accuracy loss <= max_loss")(
+    CalibratedSkip
+)
+AGGREGATION_POLICIES.register("load-aware", "skip at a lower T while the aggregator queue is long or the query "
+                              "has waited its SLO (runtime.barrier: false)")(LoadAwareThreshold)  # fmt: skip
 
 
 def make_aggregation_policy(name: str, **kwargs: Any) -> AggregationPolicy:

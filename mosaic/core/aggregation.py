@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from mosaic.core.errors import ConfigError
 from mosaic.core.types import Query
@@ -31,10 +32,33 @@ def confidence(answers: Sequence[str | None]) -> tuple[float, str | None]:
     return counts[best] / len(answers), best
 
 
+@dataclass(frozen=True, slots=True)
+class Load:
+    """What the serving loop knows when a query's experts have answered (runs without a stage barrier)."""
+
+    now: float  # the run clock, seconds
+    queued: int  # aggregator requests released and not finished (waiting, queued or running)
+    queued_s: float  # their predicted seconds
+    workers: int
+
+    @property
+    def backlog_s(self) -> float:
+        """Predicted aggregator seconds queued per worker."""
+        return self.queued_s / self.workers if self.workers else 0.0
+
+
+LoadProbe = Callable[[], Load]
+
+
 class AggregationPolicy(ABC):
     """Decides per query whether to skip the aggregator."""
 
     name: str = "base"
+
+    def watch(self, probe: LoadProbe | None) -> None:
+        """Called before each run: ``probe()`` gives the :class:`Load` at a decision (None: not known, e.g. with a
+        stage barrier). Policies blind to the load ignore it."""
+        return None
 
     @abstractmethod
     def decide(self, query: Query, answers: Sequence[str | None], confidence: float) -> bool:

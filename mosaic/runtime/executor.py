@@ -100,6 +100,7 @@ class Executor:
     ) -> RunResult:
         """Both stages of ``workload``; every request, load and decision is written to ``trace``. ``plan``: the
         expert stage's plan when the caller made it already (with ``scheduler`` and the same ``rng``)."""
+        self.policy.watch(None)  # no load known unless the no-barrier loop tells it
         if plan is None:
             plan = scheduler.plan(workload, costs.bind(workload), cluster, rng)
         if scheduler.plans_ahead:
@@ -148,6 +149,7 @@ class Executor:
         wl = combined_workload(workload, costs.bind(workload), self.template_tokens)
         rel = Releases(workload, self.vote, self.template_tokens, trace.write)
         policy = AggregateOnRelease(scheduler.runtime_policy(plan), len(workload.requests))
+        self.policy.watch(policy.load)  # the skip decision sees the aggregator's queue
         stage = self.backend.run_policy(EXPERT_STAGE, policy, wl, costs.bind(wl), cluster, trace, gates=rel.gates())
         votes = [rel.votes[q.id] for q in workload.queries]
         decisions = self._decisions(workload, votes, stage.responses, trace)
