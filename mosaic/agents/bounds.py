@@ -343,3 +343,31 @@ def true_lower_bound(
     terms = bound_terms(workload, true, cluster, resident, placement)
     repl = replication_bound(workload, true, cluster, resident, max(terms.work_s, terms.chain_s))
     return TrueBound(terms.work_s, terms.chain_s, repl, terms.placement_s)
+
+
+def prediction_is_exact(
+    order: Mapping[int, Sequence[int]], workload: Workload, costs: CostModel, cluster: Cluster
+) -> bool:
+    """Whether the simulator runs ``order`` in exactly its predicted seconds (when the predicted lengths are true):
+    every run of one expert on a worker is a single batch (at most ``max_batch`` requests whose prompts and outputs
+    fit the KV cache together, so all are admitted at once and none is preempted) and the step's first line is the
+    larger over the whole run (checked at the corners of its batch and KV range: both lines are linear). The cost
+    model then prices prefill, steps and loads as the simulator does. Only for a profiled cost model (with
+    ``model_cost`` and predicted ``tokens``)."""
+    tokens = getattr(costs, "tokens", None)
+    if not isinstance(tokens, np.ndarray) or tokens.shape != (len(workload.requests),):
+        return False
+    gpus = worker_gpus(cluster)
+    for w, ids in order.items():
+        for expert, run in segments(workload, ids):
+            mc = costs.model_cost(expert, gpus[w])
+            held = sum(r.prompt_tokens + float(tokens[r.id]) for r in run)
+            block = mc.kv_block_tokens * len(run) if mc.memory_mode == "paged" else 0  # a part-filled block each
+            if len(run) > mc.max_batch or (len(run) > 1 and held + block > mc.kv_capacity_tokens):
+                return False
+            if mc.has_compute_line and any(
+                mc.step_time(b, kv) > mc.step_base_s + mc.step_per_seq_s * b + mc.step_per_kv_token_s * kv
+                for b in (1, len(run)) for kv in (0.0, held)
+            ):  # fmt: skip
+                return False
+    return True

@@ -18,7 +18,7 @@ from dataclasses import replace
 
 import numpy as np
 
-from mosaic.agents.bounds import plan_with_estimates
+from mosaic.agents.bounds import plan_with_estimates, prediction_is_exact
 from mosaic.agents.greedy_lpt import greedy_lpt_order
 from mosaic.agents.interface import Scheduler
 from mosaic.agents.registry import SCHEDULERS
@@ -122,7 +122,8 @@ class MosaicIlpScheduler(Scheduler):
         options = self._options(workload, warm)
         outcome = schedule(self.name, workload, costs, cluster, resident, options, warm if greedy else None)
         plan = plan_with_estimates(self.name, workload, costs, cluster, outcome.plan.order, resident, outcome.stats)
-        return replace(plan, stats={**plan.stats, **_gaps(plan)})
+        exact = prediction_is_exact(plan.order, workload, costs, cluster)
+        return replace(plan, stats={**plan.stats, **_gaps(plan, exact)})
 
     def plan_order(
         self,
@@ -145,12 +146,13 @@ class MosaicIlpScheduler(Scheduler):
 CERTIFIED_GAP = 0.01  # 'optimal' only when the predicted makespan is within this of the plan's lower bound
 
 
-def _gaps(plan: Plan) -> dict[str, float | str]:
+def _gaps(plan: Plan, exact: bool) -> dict[str, float | str]:
     """``ilp_gap_to_lb``: predicted makespan over the plan's lower bound (:mod:`mosaic.agents.bounds`, valid for every
     plan under the cost model), minus 1; ``ilp_gap_predicted``: its distance to the ILP's own best bound (solver or
     LP relaxation: a bound on the *model*, which prices groups by bucket means, so model-only); ``ilp_status``:
-    'optimal' only when ``ilp_gap_to_lb <= CERTIFIED_GAP`` (with true lengths the plan lower bound holds for the
-    simulated makespan too), 'model-optimal' when only the model's gap is closed; the solver's own status stays in
+    'optimal' only when ``ilp_gap_to_lb <= CERTIFIED_GAP`` and the simulator runs the plan in exactly its predicted
+    time (``exact``: :func:`prediction_is_exact`), so that with true lengths the simulated makespan is within 1% of
+    a bound on every plan's; 'model-optimal' when only the model's gap is closed; the solver's own status stays in
     ``ilp_model_status``."""
     bounds = [b for b in (plan.stats.get("ilp_bound_s"), plan.stats.get("ilp_lp_bound_s"))
               if isinstance(b, float) and math.isfinite(b)]  # fmt: skip
@@ -158,7 +160,7 @@ def _gaps(plan: Plan) -> dict[str, float | str]:
     span = plan.predicted_makespan
     to_lb = span / plan.lower_bound - 1.0 if plan.lower_bound > 0 else 0.0
     model = str(plan.stats.get("ilp_status", ""))
-    status = "model-optimal" if model == "optimal" and to_lb > CERTIFIED_GAP else model
+    status = "model-optimal" if model == "optimal" and (to_lb > CERTIFIED_GAP or not exact) else model
     return {
         "ilp_gap_to_lb": to_lb,
         "ilp_gap_predicted": max(0.0, (span - best) / span) if span > 0 and math.isfinite(best) else math.nan,

@@ -7,8 +7,11 @@ relaxation keeps what makes loads expensive and drops the rest:
 - ``y[e, w]`` binary: expert ``e`` is loaded on worker ``w`` (its load counted whole, 0 where resident);
 - ``u[e, w] >= 0``: the floor seconds (``m_i`` below) of the expert's requests that ``w`` runs, ``sum_w u = M_e``,
   and ``u <= M_e y`` (work only where loaded): requests become divisible, the only thing relaxed;
-- ``z[e, w]`` binary: where the expert's slowest-decoding request runs (only for experts whose requests differ);
-- the expert's seconds on ``w`` are at least ``alpha_e u``, ``beta_e u`` and ``rho_e u + d_min y + (d_max - d_min) z``;
+- ``z[e, j, w]`` binary: where each of the expert's (up to ``MAX_TOP``, at most one per worker counted) longest-decoding
+  requests ``j`` runs, placed whole (only those that decode longer than its shortest);
+- the expert's seconds on ``w`` are at least ``alpha_e u``, ``beta_e u``, ``rho_e u + d_min y`` and, for each kept ``i``
+  it runs, ``sum_j (a_j - rho_e m_j) z_j + rho_e u + d_i z_i`` (its own seconds plus the steps of its longest
+  request; ``u >= sum_j m_j z_j``);
 - every worker's loads plus seconds ``<= C``; ``C`` at least the chain bound; minimise ``C``.
 
 Per request ``a`` (batch-independent seconds), ``d`` (decode seconds at batch one), ``1/max_batch`` and the KV share
@@ -44,6 +47,7 @@ from mosaic.predictors.interface import CostModel
 
 MAX_PAIRS = 256  # expert x worker pairs above which the relaxation is not built
 TIME_LIMIT_S = 2.0  # solver limit; its dual bound at the limit is still valid
+MAX_TOP = 4  # longest-decoding requests per expert placed whole (at most one per worker counts)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,7 @@ class ExpertFloor:
     rho: float  # least a / m
     d_min: float  # least decode seconds at batch one
     d_max: float  # largest decode seconds at batch one
+    top: tuple[tuple[float, float, float], ...] = ()  # (a, d, m) of its longest-decoding requests, longest first
 
 
 def _terms(costs: CostModel, reqs: list, gpu: str) -> tuple[np.ndarray, ...]:
@@ -71,13 +76,16 @@ def _terms(costs: CostModel, reqs: list, gpu: str) -> tuple[np.ndarray, ...]:
     return a, d, inv, np.zeros_like(a)
 
 
-def expert_floor(costs: CostModel, reqs: list, gpu: str) -> ExpertFloor:
-    """The relaxation coefficients of one expert's requests (see the module docstring)."""
+def expert_floor(costs: CostModel, reqs: list, gpu: str, top: int = 0) -> ExpertFloor:
+    """The relaxation coefficients of one expert's requests (see the module docstring); ``top``: keep the terms of
+    that many longest-decoding requests (each then placed whole by the relaxation)."""
     a, d, inv, share = _terms(costs, reqs, gpu)
     m = a + d * np.maximum(inv, share)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = [np.where(m > 0, x / m, 1.0).min() for x in (a + d * inv, a + d * share, a)]
-    return ExpertFloor(float(m.sum()), *(float(r) for r in ratios), float(d.min()), float(d.max()))
+    longest = np.argsort(-d, kind="stable")[: min(top, len(reqs)) if len(reqs) > 1 else 0]
+    kept = tuple((float(a[i]), float(d[i]), float(m[i])) for i in longest if d[i] > d.min() * (1 + 1e-9))
+    return ExpertFloor(float(m.sum()), *(float(r) for r in ratios), float(d.min()), float(d.max()), kept)
 
 
 def placement_bound(
@@ -88,6 +96,7 @@ def placement_bound(
     chain: float = 0.0,
     time_limit_s: float = TIME_LIMIT_S,
     max_pairs: int = MAX_PAIRS,
+    max_top: int = MAX_TOP,
 ) -> float:
     """Lower bound (seconds) on every plan's makespan from the placement relaxation; ``nan`` when not computed
     (several GPU types, too many pairs, or no bound from the solver). ``chain``: a known valid floor on ``C``."""
@@ -97,7 +106,8 @@ def placement_bound(
         return math.nan
     gpu = types.pop()
     reqs = workload.requests
-    floors = {e: expert_floor(costs, [reqs[i] for i in ids], gpu) for e, ids in groups.items()}
+    top = min(len(cluster.workers), max_top)
+    floors = {e: expert_floor(costs, [reqs[i] for i in ids], gpu, top) for e, ids in groups.items()}
     res = {w: e for w, e in (resident or {}).items() if e is not None}
     loads = {(e, w.id): 0.0 if res.get(w.id) == e else costs.load_seconds(e, gpu)
              for e in groups for w in cluster.workers}  # fmt: skip
@@ -117,29 +127,41 @@ def _problem(
     prob += c
     busy: dict[int, list] = {w: [] for w in workers}
     for k, (e, f) in enumerate(floors.items()):
-        spread = f.d_max > f.d_min * (1 + 1e-9)
-        zs, us = [], []
+        zs: dict[int, list] = {j: [] for j in range(len(f.top))}
+        us = []
         for w in workers:
             y = _var(prob, f"y_{k}_{w}", 0, 1, pulp.LpBinary)
             u = _var(prob, f"u_{k}_{w}", 0, None, pulp.LpContinuous)
             g = _var(prob, f"g_{k}_{w}", 0, None, pulp.LpContinuous)
             prob += u - f.total * y <= 0
             prob += g - max(f.alpha, f.beta) * u >= 0
-            straggle = f.rho * u + f.d_min * y
-            if spread:
-                z = _var(prob, f"z_{k}_{w}", 0, 1, pulp.LpBinary)
-                prob += z - y <= 0
-                zs.append(z)
-                straggle += (f.d_max - f.d_min) * z
-            prob += g - straggle >= 0
+            prob += g - f.rho * u - f.d_min * y >= 0
+            _top_requests(prob, f, k, w, y, u, g, zs)
             busy[w] += [loads[e, w] * y, g]
             us.append(u)
         prob += pulp.lpSum(us) == f.total
-        if zs:
-            prob += pulp.lpSum(zs) == 1
+        for col in zs.values():
+            prob += pulp.lpSum(col) == 1
     for w in workers:
         prob += pulp.lpSum(busy[w]) - c <= 0
     free = [w for w in workers if w not in resident_workers]  # interchangeable: order by busy time
     for w0, w1 in itertools.pairwise(free):
         prob += pulp.lpSum(busy[w0]) - pulp.lpSum(busy[w1]) >= 0
     return prob
+
+
+def _top_requests(prob: pulp.LpProblem, f: ExpertFloor, k: int, w: int, y, u, g, zs: dict[int, list]) -> None:
+    """The expert's longest-decoding requests placed whole: ``z[j, w]`` binary (request ``j`` runs on ``w``, only where
+    the expert is loaded); ``w``'s floor seconds hold theirs (``u >= sum_j m_j z_j``), its own seconds are at least
+    theirs plus ``rho`` x the rest (``a_i >= rho m_i`` for every request), and its decode steps at least those of each
+    one it runs: ``g >= sum_j (a_j - rho m_j) z_j + rho u + d_i z_i`` for every kept ``i``."""
+    if not f.top:
+        return
+    z = [_var(prob, f"z_{k}_{j}_{w}", 0, 1, pulp.LpBinary) for j in range(len(f.top))]
+    for j, zj in enumerate(z):
+        prob += zj - y <= 0
+        zs[j].append(zj)
+    prob += u - pulp.lpSum(m * zj for (_, _, m), zj in zip(f.top, z, strict=True)) >= 0
+    own = pulp.lpSum((a - f.rho * m) * zj for (a, _, m), zj in zip(f.top, z, strict=True)) + f.rho * u
+    for (_, d, _), zi in zip(f.top, z, strict=True):
+        prob += g - own - d * zi >= 0

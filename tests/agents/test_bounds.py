@@ -169,3 +169,45 @@ def test_lower_bound_below_brute_force_optimum(toy, data):
     for name in ("sequential", "round-robin", "data-parallel", "greedy-lpt"):
         p = make_scheduler(name).plan(wl, costs, cluster, np.random.default_rng(0), resident)
         assert p.predicted_makespan >= opt - 1e-9
+
+
+def _two_long_requests(mode: str):
+    """One worker, one expert, two requests of 1,000 output tokens (10-token prompts) and a 1,300-token KV cache."""
+    from mosaic.core.types import Expert, ExpertKind, Query, Response, Responses, Workload
+    from mosaic.predictors.costmodel import ProfiledCostModel
+    from mosaic.predictors.interface import ModelCost
+    from mosaic.predictors.lengths import OracleLengthPredictor
+    from mosaic.predictors.profile import CostProfile
+
+    e = Expert("e", "org/e", 7.0, ExpertKind.INSTRUCT, 20.0)
+    wl = Workload.build("two", (Query(0, "", prompt_tokens=10), Query(1, "", prompt_tokens=10)), (e,), (("e",),) * 2, e)
+    responses = Responses({(q, "e"): Response(1000) for q in (0, 1)})
+    mc = ModelCost(0.0, 1e4, 0.01, 0.0, 0.0, 20.0, max_batch=8, kv_capacity_tokens=1300, memory_mode=mode)
+    costs = ProfiledCostModel(CostProfile({"G": {"e": mc}}), OracleLengthPredictor(responses), wl)
+    return wl, responses, costs, Cluster.homogeneous(1, "G", 80.0)
+
+
+@pytest.mark.parametrize("mode", ["reserve", "paged"])
+def test_true_bound_holds_in_both_memory_modes(mode):
+    """Reserved KV: the two cannot overlap (2 x 1,010 > 1,300 tokens), 2,000 steps. Paged: both run until the cache
+    fills, the later is preempted and resumes after the first, about 1,360 steps; a floor counting reservations
+    (2,000 x 1,010 / 1,300 = 1,554 steps) would exceed that, the paged floor counts held tokens (p + j)."""
+    from mosaic.agents.bounds import true_lower_bound
+    from mosaic.core.trace import EXPERT_STAGE, TraceWriter
+    from mosaic.runtime.sim import SimBackend
+
+    wl, responses, costs, cluster = _two_long_requests(mode)
+    with TraceWriter(None) as trace:
+        plan = plan_from_order("one", wl, {0: [0, 1]}, 0.0, 0.0)
+        simulated = SimBackend(responses, costs).run_stage(EXPERT_STAGE, plan, wl, cluster, trace).makespan
+    bound = true_lower_bound(wl, responses, costs, cluster)
+    assert bound.value <= simulated + 1e-9
+    steps = simulated / 0.01
+    if mode == "reserve":  # the reservation floor: 2,000 x 1,010 / 1,300 steps
+        assert steps == pytest.approx(2000, abs=1) and bound.work_s == pytest.approx(
+            2000 * 1010 / 1300 * 0.01, rel=1e-3
+        )
+    else:  # the held-token floor: 2 x sum_j (10 + j) / 1,300 steps
+        assert 1300 < steps < 1554 and bound.work_s == pytest.approx(
+            2 * (10 * 1000 + 999 * 500) / 1300 * 0.01, rel=1e-3
+        )

@@ -75,7 +75,9 @@ def test_heavy_experts_replicated_light_ones_pinned_within_r_max():
     assert caps["I1"] == caps["I2"] == caps["I3"] == 1
     assert len(replicas["I1"]) == len(replicas["I2"]) == len(replicas["I3"]) == 1
     assert len(replicas["R1"]) + len(replicas["R2"]) >= 3  # the reasoning work is spread
-    assert plan.stats["ilp_status"] == "optimal"
+    assert plan.stats["ilp_model_status"] == "optimal"
+    # groups of hundreds run in several batches, which the cost model estimates: not certified optimal
+    assert plan.stats["ilp_status"] == "model-optimal"
 
 
 def test_r_max_override_binds():

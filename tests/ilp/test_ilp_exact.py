@@ -157,7 +157,7 @@ def test_identical_workers_match_subset_dynamic_programme(seed):
 def test_highs_and_cbc_agree_on_a_medium_instance():
     wl, costs, cluster = random_instance(5, n_queries=16, n_experts=4, gpus=("fast",) * 3)
     plans = {s: ilp(solver=s).plan(wl, costs, cluster, np.random.default_rng(0)) for s in ("highs", "cbc")}
-    assert plans["highs"].stats["ilp_status"] == plans["cbc"].stats["ilp_status"] == "optimal"
+    assert plans["highs"].stats["ilp_model_status"] == plans["cbc"].stats["ilp_model_status"] == "optimal"
     assert plans["highs"].stats["ilp_solver"] == "highs" and plans["cbc"].stats["ilp_solver"] == "cbc"
     spans = [p.stats["ilp_makespan_s"] for p in plans.values()]
     assert spans[0] == pytest.approx(spans[1], rel=1e-6, abs=1e-2)
