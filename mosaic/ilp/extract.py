@@ -96,7 +96,7 @@ def _teardown_last(
 
 def exact_busy(inst: IlpInstance, per_worker: list[dict[int, list[int]]]) -> np.ndarray:
     """Worker position -> busy seconds of its groups as the cost model prices them (loads + ``group_cost``)."""
-    return np.array([sum(inst.load[e, w] + group_cost(inst, inst.worker_type[w], np.asarray(ids))
+    return np.array([sum(inst.load[e, w] + group_cost(inst, inst.worker_type[w], np.asarray(ids), e)
                          for e, ids in g.items()) for w, g in enumerate(per_worker)])  # fmt: skip
 
 

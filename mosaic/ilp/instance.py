@@ -89,6 +89,9 @@ class IlpInstance:
     resident: Mapping[int, str]  # worker id -> expert resident there (only experts of this stage)
     aggregator: str  # the workload's aggregator (served last where placed, so it stays resident)
     unload: np.ndarray | None = None  # experts x types: teardown seconds (freeing it before another load)
+    tokens: np.ndarray | None = None  # request id -> predicted output tokens
+    footprint: np.ndarray | None = None  # request id -> prompt + predicted output tokens (its KV reservation)
+    engine: np.ndarray | None = None  # experts x types x (max_batch, KV capacity, 1 if KV is reserved else 0)
 
     @property
     def n_buckets(self) -> int:
@@ -287,6 +290,16 @@ def _placement(
     return given
 
 
+def _engines(costs: CostModel, experts: Sequence[str], types: Sequence[str]) -> np.ndarray:
+    """Experts x types x (max_batch, KV capacity tokens, 1 if the KV cache is reserved up front else 0)."""
+    out = np.zeros((len(experts), len(types), 3))
+    for e, name in enumerate(experts):
+        for t, gpu in enumerate(types):
+            mc = costs.model_cost(name, gpu)
+            out[e, t] = (mc.max_batch, mc.kv_capacity_tokens, float(getattr(mc, "memory_mode", "reserve") == "reserve"))
+    return out
+
+
 def build_instance(
     workload: Workload,
     costs: CostModel,
@@ -308,7 +321,8 @@ def build_instance(
     lat = fixed + decode
     ref = (full[:, 0].sum() + _min_loads(costs, experts, types)) / len(ids)
     slow = _stragglers(groups, lat[:, 0], opt.straggler_share * ref, len(ids), opt.max_straggler_vars)
-    b_expert, b_ids, b_strag = _bucketize(groups, predicted_lengths(costs, workload), full[:, 0], slow, opt.buckets)
+    tokens = predicted_lengths(costs, workload)
+    b_expert, b_ids, b_strag = _bucketize(groups, tokens, full[:, 0], slow, opt.buckets)
     b_sec, b_fix = _bucket_mean(full, b_ids), _bucket_mean(fixed, b_ids)
     b_lat = np.array([lat[list(r)].max(axis=0) for r in b_ids]).reshape(-1, len(types))
     d_mean = _expert_decode(decode, b_expert, b_ids, b_strag, len(experts))
@@ -333,4 +347,6 @@ def build_instance(
         tuple(cap.tolist()), allowed, opt.placement is not None, caps, opt.coresident_memory, _frozen(full),
         _frozen(fixed), _frozen(decode), _frozen(_caps(full, fixed, decode)), res, workload.aggregator.name,
         _frozen(np.array([[costs.unload_seconds(e, g) for g in types] for e in experts]).reshape(-1, len(types))),
+        _frozen(tokens), _frozen(tokens + np.array([r.prompt_tokens for r in reqs], dtype=float)),
+        _frozen(_engines(costs, experts, types)),
     )  # fmt: skip

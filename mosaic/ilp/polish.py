@@ -14,17 +14,26 @@ import time
 
 import numpy as np
 
+from mosaic.ilp.batches import MAX_EXACT, reserve_steps
 from mosaic.ilp.instance import IlpInstance
 
 CANDIDATES = 3  # requests tried per (expert, worker): the slowest alone and the costliest at full batch
 TOL = 1e-9
 
 
-def group_cost(inst: IlpInstance, t: int, ids: np.ndarray) -> float:
-    """Seconds of one expert's ``ids`` on GPU type ``t`` (no load), as ``CostModel.group_seconds`` prices them."""
+def group_cost(inst: IlpInstance, t: int, ids: np.ndarray, e: int | None = None) -> float:
+    """Seconds of expert ``e``'s ``ids`` on GPU type ``t`` (no load): with reserved KV and a known engine
+    (``e`` given, at most ``MAX_EXACT`` requests) the simulator's exact step count in execution order (longest
+    first: :mod:`mosaic.ilp.batches`), else as ``CostModel.group_seconds`` prices them."""
     if len(ids) == 0:
         return 0.0
     a, d, cap = inst.request_fixed[ids, t], inst.request_decode[ids, t], inst.request_cap[ids, t]
+    if e is not None and inst.engine is not None and inst.engine[e, t, 2] and len(ids) <= MAX_EXACT:
+        order = ids[np.lexsort((ids, -inst.request_seconds[ids, t]))]
+        o = inst.tokens[order]
+        base = float(inst.request_decode[order, t].sum() / o.sum()) if o.sum() > 0 else 0.0
+        steps = reserve_steps(o, inst.footprint[order], int(inst.engine[e, t, 0]), float(inst.engine[e, t, 1]))
+        return float(a.sum()) + base * steps
     return float(a.sum()) + max(float((d / np.minimum(cap, len(ids))).sum()), float(d.max()))
 
 
@@ -34,7 +43,7 @@ class _State:
     def __init__(self, inst: IlpInstance, per_worker: list[dict[int, list[int]]]) -> None:
         self.inst = inst
         self.groups = [{e: np.asarray(ids, dtype=np.int64) for e, ids in g.items()} for g in per_worker]
-        self.cost = [{e: group_cost(inst, inst.worker_type[w], ids) for e, ids in g.items()}
+        self.cost = [{e: group_cost(inst, inst.worker_type[w], ids, e) for e, ids in g.items()}
                      for w, g in enumerate(self.groups)]  # fmt: skip
         self.busy = np.array([self._busy(w) for w in range(len(self.groups))])
 
@@ -44,13 +53,13 @@ class _State:
     def priced(self, w: int, e: int, ids: np.ndarray) -> float:
         """Worker ``w``'s busy time if its group of ``e`` were ``ids``."""
         old = self.cost[w].get(e, 0.0) + (self.inst.load[e, w] if e in self.cost[w] else 0.0)
-        new = group_cost(self.inst, self.inst.worker_type[w], ids) + (self.inst.load[e, w] if len(ids) else 0.0)
+        new = group_cost(self.inst, self.inst.worker_type[w], ids, e) + (self.inst.load[e, w] if len(ids) else 0.0)
         return float(self.busy[w] - old + new)
 
     def set(self, w: int, e: int, ids: np.ndarray) -> None:
         if len(ids):
             self.groups[w][e] = ids
-            self.cost[w][e] = group_cost(self.inst, self.inst.worker_type[w], ids)
+            self.cost[w][e] = group_cost(self.inst, self.inst.worker_type[w], ids, e)
         else:
             self.groups[w].pop(e, None)
             self.cost[w].pop(e, None)

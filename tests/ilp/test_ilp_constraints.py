@@ -194,8 +194,8 @@ def test_a_tiny_time_limit_still_gives_a_valid_plan():
     else:
         assert math.isnan(s["ilp_gap"])  # a warm start has no solver bound to measure a gap against
     full = MosaicIlpScheduler().plan(wl, costs, cluster, RNG(0))
-    assert full.stats["ilp_status"] in ("optimal", "model-optimal")  # the default budget closes the model's gap
-    assert full.predicted_makespan <= plan.predicted_makespan * (1 + 1e-9)
+    assert full.stats["ilp_model_status"] == "optimal"  # the default budget closes the model's gap (only the
+    # model's: the cost model may price the 0.01 s plan a little lower, so the two plans are not compared)
 
 
 def test_deal_meets_quotas_and_spreads_ranks():
