@@ -34,11 +34,12 @@ class BoundTerms:
     work_s: float  # (unavoidable loads + cheapest cost of every request) / number of workers
     chain_s: float  # longest single request alone, plus its expert's load unless resident
     placement_s: float = 0.0  # the placement relaxation (whole loads, divisible requests); 0 when not computed
+    replication_s: float = 0.0  # replica counts vs. their loads (:func:`replication_bound`); 0 when not computed
 
     @property
     def value(self) -> float:
         """The lower bound: the largest term."""
-        return max(self.work_s, self.chain_s, self.placement_s)
+        return max(self.work_s, self.chain_s, self.placement_s, self.replication_s)
 
 
 def min_seconds_array(costs: CostModel, requests: Sequence[Request], gpu_type: str) -> np.ndarray:
@@ -107,7 +108,8 @@ def bound_terms(
             kv_work += group_floor(group, types[0])
     work = max(work, kv_work)
     place = _placement_term(workload, costs, cluster, resident, chain) if placement else 0.0
-    return BoundTerms(float(loads + work) / n_workers, chain, place)
+    work_s = float(loads + work) / n_workers
+    return BoundTerms(work_s, chain, place, replication_bound(workload, costs, cluster, resident, max(work_s, chain)))
 
 
 _PLACEMENT_MEMO: OrderedDict[tuple, tuple[Workload, CostModel, float]] = OrderedDict()
@@ -150,11 +152,11 @@ def lower_bound(
       that has it, the larger sum of ``min_group_seconds`` per expert, which also counts that a decode step's KV
       reservations fit the cache) / number of workers;
     - chain: max over requests of min over workers of (its expert's load unless resident there, plus
-      its ``request_latency``).
-
+      its ``request_latency``);
+    - replication (one GPU type): :func:`replication_bound`, each expert's replicas against their loads;
     - placement (one GPU type, ``placement=True``): the placement relaxation of :mod:`mosaic.ilp.relaxation`,
-      which counts every load whole on the worker that makes it (requests divisible) and the slowest
-      request's decode steps on the worker that runs it.
+      which counts every load whole on the worker that makes it (requests divisible) and the longest
+      requests' decode steps on the workers that run them.
 
     Heterogeneous GPUs: each item at its cheapest GPU type. Teardown of replaced experts (``unload_s``) is
     left out: a worker with nothing resident loads without it, so 0 is a valid floor.
@@ -295,6 +297,7 @@ def plan_with_estimates(
     terms = bound_terms(workload, costs, cluster, res)
     all_stats: dict[str, float | int | str] = {**plan_stats(draft, res), "lb_work_s": terms.work_s,
                                                "lb_chain_s": terms.chain_s, "lb_placement_s": terms.placement_s,
+                                               "lb_replication_s": terms.replication_s,
                                                **(stats or {})}  # fmt: skip
     return replace(draft, predicted_makespan=makespan, lower_bound=terms.value, stats=all_stats)
 
@@ -341,8 +344,7 @@ def true_lower_bound(
     cache as the mode holds it (reserved or paged, ``ProfiledCostModel.floor_terms``); teardown is left out."""
     true = true_costs(workload, responses, costs)
     terms = bound_terms(workload, true, cluster, resident, placement)
-    repl = replication_bound(workload, true, cluster, resident, max(terms.work_s, terms.chain_s))
-    return TrueBound(terms.work_s, terms.chain_s, repl, terms.placement_s)
+    return TrueBound(terms.work_s, terms.chain_s, terms.replication_s, terms.placement_s)
 
 
 def prediction_is_exact(

@@ -37,7 +37,8 @@ class MosaicIlpScheduler(Scheduler):
     Args:
         solver: 'highs' (default) or 'cbc'.
         time_limit_s: wall-clock budget of the ILP (instance, starts, LP relaxation, MIP search); the best plan
-            found by then is used. Polishing adds at most ``polish_s``; the greedy LPT start is not counted.
+            found by then is used. Polishing (``polish_s``, at most half the budget) is within it; the greedy LPT
+            start is not counted.
         gap_rel: relative optimality gap at which the solver stops (or is not started, when the LP bound already
             proves the start within it).
         threads: solver threads (None: the solver's default).

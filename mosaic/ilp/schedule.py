@@ -178,7 +178,7 @@ def schedule(
     _check_fixed_memory(inst)
     warm, warm_makespan, warm_name = _warm(inst, warm_order, opt.wraparound)
     limit = opt.solve.time_limit_s
-    deadline = t0 + (limit if limit is not None else math.inf)
+    deadline = t0 + (limit - min(opt.polish_s, 0.5 * limit) if limit is not None else math.inf)  # polish within it
     result, stats, v = _solve(inst, opt, warm, warm_makespan, deadline)
     if result.status == "infeasible" and warm is not None:  # the warm bound cuts should never cut everything
         result, stats, v = _solve(inst, opt, None, math.nan, deadline + (limit or 0.0))
