@@ -84,9 +84,11 @@ def bound_terms(
     cluster: Cluster,
     resident: Mapping[int, str | None] | None = None,
     placement: bool = True,
+    placement_limit_s: float | None = None,
 ) -> BoundTerms:
     """The terms of :func:`lower_bound` (heterogeneous GPUs: the cheapest GPU type per item); ``placement=False``
-    skips the placement relaxation (a MIP: up to its time limit; for callers that need the bound often)."""
+    skips the placement relaxation (a MIP: up to its time limit, ``placement_limit_s`` or the relaxation's default;
+    for callers that need the bound often)."""
     n_workers = len(worker_gpus(cluster))
     groups = requests_by_expert(workload)
     if not groups:
@@ -107,7 +109,7 @@ def bound_terms(
         if group_floor is not None and len(types) == 1:  # KV-cache-aware floor (one GPU type: no split to price)
             kv_work += group_floor(group, types[0])
     work = max(work, kv_work)
-    place = _placement_term(workload, costs, cluster, resident, chain) if placement else 0.0
+    place = _placement_term(workload, costs, cluster, resident, chain, placement_limit_s) if placement else 0.0
     work_s = float(loads + work) / n_workers
     return BoundTerms(work_s, chain, place, replication_bound(workload, costs, cluster, resident, max(work_s, chain)))
 
@@ -117,8 +119,9 @@ _MEMO_SIZE = 16
 
 
 def _placement_term(
-    workload: Workload, costs: CostModel, cluster: Cluster, resident: Mapping[int, str | None] | None, chain: float
-) -> float:
+    workload: Workload, costs: CostModel, cluster: Cluster, resident: Mapping[int, str | None] | None, chain: float,
+    limit_s: float | None = None,
+) -> float:  # fmt: skip
     """:func:`mosaic.ilp.relaxation.placement_bound`, 0 where it is not computed (imported here: PuLP is heavy).
 
     Memoised for the last few stages (by the identity of the workload and cost model, which the memo keeps alive,
@@ -126,11 +129,12 @@ def _placement_term(
     bound of one solve."""
     from mosaic.ilp.relaxation import placement_bound
 
-    key = (id(workload), id(costs), cluster, tuple(sorted(normalize_resident(cluster, resident).items())))
+    key = (id(workload), id(costs), cluster, tuple(sorted(normalize_resident(cluster, resident).items())), limit_s)
     if key in _PLACEMENT_MEMO:
         _PLACEMENT_MEMO.move_to_end(key)
         return _PLACEMENT_MEMO[key][2]
-    value = placement_bound(workload, costs, cluster, resident, chain=chain)
+    extra = {} if limit_s is None else {"time_limit_s": limit_s}
+    value = placement_bound(workload, costs, cluster, resident, chain=chain, **extra)
     value = 0.0 if math.isnan(value) else value
     _PLACEMENT_MEMO[key] = (workload, costs, value)
     while len(_PLACEMENT_MEMO) > _MEMO_SIZE:
@@ -321,6 +325,10 @@ class TrueBound:
                 "placement_s": self.placement_s, "value_s": self.value}  # fmt: skip
 
 
+TRUE_PLACEMENT_LIMIT_S = 20.0  # the true bound is computed once per compare: its relaxation may take longer (its
+# dual bound at a wall-clock limit depends on the machine's load; the paper configs' solve in 1-2 s when idle)
+
+
 def true_costs(workload: Workload, responses: Responses, costs: CostModel) -> CostModel:
     """``costs`` (a :class:`ProfiledCostModel`) with every request priced at its true output length, bound to
     ``workload``: what an oracle scheduler and the true bound see."""
@@ -343,7 +351,7 @@ def true_lower_bound(
     prices a decode step by its first (memory) line, which the ``max`` model never undercuts, and counts the KV
     cache as the mode holds it (reserved or paged, ``ProfiledCostModel.floor_terms``); teardown is left out."""
     true = true_costs(workload, responses, costs)
-    terms = bound_terms(workload, true, cluster, resident, placement)
+    terms = bound_terms(workload, true, cluster, resident, placement, TRUE_PLACEMENT_LIMIT_S)
     return TrueBound(terms.work_s, terms.chain_s, terms.replication_s, terms.placement_s)
 
 
