@@ -6,7 +6,10 @@ runtime loop). Then the runtime loop's cost against the bare engines in the same
 loop (``SimBackend.run_stage``), and replayed in lockstep with a policy that hears every idle event, each as a
 ratio to running each worker's :class:`WorkerSim` on its plan order directly (target: replay <= 1.25x).
 
-    python benchmarks/bench_sim.py [--scheduler round-robin] [--repeat 5]
+    python benchmarks/bench_sim.py [--scheduler round-robin] [--repeat 5] [--set KEY=VALUE ...]
+
+Also prints the stage's preemptions (paged KV, the default memory mode: each one is an event, a re-admission and
+a prefill again, so they set the simulation's speed).
 """
 
 from __future__ import annotations
@@ -37,6 +40,16 @@ def _time_stage(exp, plan, path: Path | None) -> float:
     with TraceWriter(path) as trace:
         backend.run_stage(EXPERT_STAGE, plan, exp.workload, exp.cluster, trace)
     return time.perf_counter() - t0
+
+
+def preemptions(exp, plan) -> int:
+    """Requests the stage's simulated engines preempted (paged KV; 0 with reserved KV)."""
+    backend = BACKENDS.get("sim")(exp.cfg, exp.responses, exp.costs)
+    workers: list = []
+    make = backend.make_worker
+    backend.make_worker = lambda *a, **k: workers.append(make(*a, **k)) or workers[-1]
+    backend.run_stage(EXPERT_STAGE, plan, exp.workload, exp.cluster, TraceWriter(None))
+    return sum(w.preemptions for w in workers)
 
 
 class ListeningReplay(PlanReplay):
@@ -96,6 +109,7 @@ def main() -> None:
     for mode, t in (("trace in memory", mem), ("trace to JSONL", disk)):
         table.add_row(mode, f"{n:,}", f"{t:.4f}", f"{n / t:,.0f}", f"{n / t / TARGET:.2f}")
     Console().print(table)
+    Console().print(f"preemptions (paged KV): {preemptions(exp, plan):,} of {n:,} requests")
     Console().print(loop_table(exp, plan, args.repeat, args.scheduler))
 
 

@@ -495,7 +495,11 @@ class WorkerSim:
         victims: list[SimRequest] = []
         while len(heap) > 1 and used + need > nblk:
             victim = max(heap, key=_SEQ)  # the most recently admitted
-            heap.remove(victim)
+            i, last = heap.index(victim), heap.pop()  # take it out in O(log b), the heap kept (no re-heapify)
+            if last is not victim:
+                heap[i] = last
+                heapq._siftup(heap, i)  # the standard remove-at-index of a binary heap: down, then up
+                heapq._siftdown(heap, 0, i)
             f, _, st, it = victim
             tokens = it[3] + it[4] - (f - s)  # KV tokens it holds now
             used -= (tokens + blk - 1) // blk
@@ -504,7 +508,6 @@ class WorkerSim:
             need -= tokens % blk == 0
             self._preempted[it[0]] = (it[4] - (f - s), st)
             victims.append(it)
-        heapq.heapify(heap)
         self._queue.extendleft(victims)  # reversed: the earliest admitted ends up first
         self.preemptions += len(victims)
         if prefill_s is not None:
