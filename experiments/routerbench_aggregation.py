@@ -205,16 +205,17 @@ def learn(cal: SetResult, res: SetResult, args: Args) -> None:
     assert cal.questions is not None and res.questions is not None
     if len(cal.questions) < 2:
         return
-    rng, folds = np.random.default_rng(args.seed + 1), min(args.folds, len(cal.questions))
+    boot, folds = np.random.default_rng([args.seed, 2]), min(args.folds, len(cal.questions))
     ref_cal, ref = cal.conf >= 1.0 - DEFAULT_TOLERANCE, res.conf >= 1.0 - DEFAULT_TOLERANCE  # T = 1
     acc_cal = float(np.where(ref_cal, cal.rep_correct, cal.agg_correct).mean())
     fixed = fixed_skips(res.conf, args.grid)
     for rule in RULES:
-        oof, scores = rule_scores(rule, cal.questions, res.questions, folds, rng)
+        fold_rng = np.random.default_rng([args.seed, 1])  # the same folds for every rule, whatever --boot is
+        oof, scores = rule_scores(rule, cal.questions, res.questions, folds, fold_rng)
         cuts = {"@T=1 skip": cut_for_rate(oof, float(ref_cal.mean())),
                 "@T=1 acc": cut_for_accuracy(oof, cal.rep_correct, cal.agg_correct, acc_cal)}  # fmt: skip
         for point, cut in cuts.items():
-            c = compare(scores <= cut, ref, fixed, res.rep_correct, res.agg_correct, rng, args.boot)
+            c = compare(scores <= cut, ref, fixed, res.rep_correct, res.agg_correct, boot, args.boot)
             res.learned.append(learned_row(res, f"{rule} {point}", c))
         sweep = [cut_for_rate(oof, r) for r in np.linspace(0, 1, 21)]
         res.sweeps[rule] = [(100 * float((scores <= c).mean()),
