@@ -113,3 +113,30 @@ def test_concurrency_levels_are_averaged_and_kept_in_the_meta():
     assert mix_levels([alone], [1]) == alone
     with pytest.raises(ProfileError, match="concurrency levels"):
         mix_levels([alone], [1, 2])
+
+
+def test_profile_engine_records_the_engines_kv_geometry(monkeypatch, tmp_path):
+    """max_batch, kv_capacity_tokens (blocks x block size) and kv_block_tokens come from the engine's vLLM config."""
+    from types import SimpleNamespace
+
+    import mosaic.runtime.profiler as profiler
+
+    cfg = SimpleNamespace(scheduler_config=SimpleNamespace(max_num_seqs=8),
+                          cache_config=SimpleNamespace(num_gpu_blocks=40, block_size=128, kv_cache_memory_bytes=0),
+                          device_config=SimpleNamespace(device_type="cuda"))  # fmt: skip
+
+    class Engine:
+        def __init__(self, expert, spec):
+            self.engine = SimpleNamespace(vllm_config=cfg)
+
+        def close(self):
+            pass
+
+    points = [(b, kv, 0.01 + 0.001 * b + 1e-6 * kv) for b in (1, 2, 4, 8) for kv in (16.0, 512.0)]
+    monkeypatch.setattr(profiler, "measure_prefill", lambda engine, opts, rng: 5000.0)
+    monkeypatch.setattr(profiler, "measure_decode", lambda engine, opts, rng, max_batch: points)
+    monkeypatch.setattr(profiler, "summarise", lambda samples: samples)
+    result = profiler.profile_engine("m", {"path": str(tmp_path)}, {"loads": 1}, Engine)
+    cost = ModelCost(**result["cost"])
+    assert (cost.max_batch, cost.kv_capacity_tokens, cost.kv_block_tokens) == (8, 40 * 128, 128)
+    assert cost.step_per_seq_s == pytest.approx(0.001, rel=1e-3)
