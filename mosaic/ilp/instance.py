@@ -91,7 +91,7 @@ class IlpInstance:
     unload: np.ndarray | None = None  # experts x types: teardown seconds (freeing it before another load)
     tokens: np.ndarray | None = None  # request id -> predicted output tokens
     footprint: np.ndarray | None = None  # request id -> prompt + predicted output tokens (its KV reservation)
-    engine: np.ndarray | None = None  # experts x types x (max_batch, KV capacity, 1 if KV is reserved else 0)
+    engine: np.ndarray | None = None  # experts x types x (max_batch, KV capacity, 1 if KV is reserved, step base s)
 
     @property
     def n_buckets(self) -> int:
@@ -291,12 +291,14 @@ def _placement(
 
 
 def _engines(costs: CostModel, experts: Sequence[str], types: Sequence[str]) -> np.ndarray:
-    """Experts x types x (max_batch, KV capacity tokens, 1 if the KV cache is reserved up front else 0)."""
-    out = np.zeros((len(experts), len(types), 3))
+    """Experts x types x (max_batch, KV capacity tokens, 1 if the KV cache is reserved up front else 0, the step's
+    fixed seconds ``step_base_s``)."""
+    out = np.zeros((len(experts), len(types), 4))
     for e, name in enumerate(experts):
         for t, gpu in enumerate(types):
             mc = costs.model_cost(name, gpu)
-            out[e, t] = (mc.max_batch, mc.kv_capacity_tokens, float(getattr(mc, "memory_mode", "reserve") == "reserve"))
+            reserve = float(getattr(mc, "memory_mode", "reserve") == "reserve")
+            out[e, t] = (mc.max_batch, mc.kv_capacity_tokens, reserve, mc.step_base_s)
     return out
 
 

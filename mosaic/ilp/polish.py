@@ -30,10 +30,10 @@ def group_cost(inst: IlpInstance, t: int, ids: np.ndarray, e: int | None = None)
     a, d, cap = inst.request_fixed[ids, t], inst.request_decode[ids, t], inst.request_cap[ids, t]
     if e is not None and inst.engine is not None and inst.engine[e, t, 2] and len(ids) <= MAX_EXACT:
         order = ids[np.lexsort((ids, -inst.request_seconds[ids, t]))]
-        o = inst.tokens[order]
-        base = float(inst.request_decode[order, t].sum() / o.sum()) if o.sum() > 0 else 0.0
+        o, base = inst.tokens[order], float(inst.engine[e, t, 3])
+        own = float((a + d).sum() - base * o.sum())  # each request alone, less its decode steps' fixed seconds
         steps = reserve_steps(o, inst.footprint[order], int(inst.engine[e, t, 0]), float(inst.engine[e, t, 1]))
-        return float(a.sum()) + base * steps
+        return own + base * steps
     return float(a.sum()) + max(float((d / np.minimum(cap, len(ids))).sum()), float(d.max()))
 
 
