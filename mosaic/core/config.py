@@ -22,10 +22,10 @@ class _Cfg(BaseModel):
 class ExpertCfg(_Cfg):
     """One expert LLM as the config names it."""
 
-    name: str = Field(min_length=1)
-    model_id: str = Field(min_length=1)
+    name: str = Field(min_length=1, description="the name routes, plans and traces use")
+    model_id: str = Field(min_length=1, description="hub id of the model (real engines load path, or this)")
     params_b: float = Field(gt=0, description="parameters, in billions")
-    kind: Literal["instruct", "reasoning"]
+    kind: Literal["instruct", "reasoning"] = Field(description="instruct (short answers) or reasoning (long)")
     memory_gb: float | None = Field(None, gt=0, description="GPU memory of the weights; default 2 bytes/param")
     mean_output_tokens: float = Field(gt=0, description="profiled mean output length (the paper's cost input)")
     system_prompt_tokens: int = Field(0, ge=0, description="tokens the expert's system prompt adds per request")
@@ -39,7 +39,9 @@ class ExpertCfg(_Cfg):
 class WorkloadCfg(_Cfg):
     """Which questions, which experts, how queries are routed."""
 
-    preset: Literal["mmlu_pro", "medmcqa", "gpqa", "custom"] = "medmcqa"
+    preset: Literal["mmlu_pro", "medmcqa", "gpqa", "custom"] = Field(
+        "medmcqa", description="a paper workload (its size, experts and aggregator) or custom (experts given here)"
+    )
     num_queries: int | None = Field(None, gt=0, description="override the preset's size")
     questions: str = Field("auto", description="auto | synthetic | PATH to a JSONL/JSON/CSV question file")
     k: int = Field(3, gt=0, description="experts per query")
@@ -63,14 +65,16 @@ class WorkloadCfg(_Cfg):
 class ResponsesCfg(_Cfg):
     """Where the ground-truth answers and output lengths come from."""
 
-    model: Literal["synthetic", "recorded"] = "synthetic"
+    model: Literal["synthetic", "recorded"] = Field(
+        "synthetic", description="synthetic (calibrated to the paper) or recorded answers and lengths (path)"
+    )
     path: str | None = Field(None, description="recorded: JSONL trace or RouterBench-style CSV")
 
 
 class ClusterCfg(_Cfg):
-    workers: int = Field(4, gt=0)
-    gpu_type: str = "A100-80GB"
-    memory_gb: float = Field(80.0, gt=0)
+    workers: int = Field(4, gt=0, description="GPU workers (one engine each)")
+    gpu_type: str = Field("A100-80GB", description="GPU type the cost profile prices (A100-80GB, H100-80GB, ...)")
+    memory_gb: float = Field(80.0, gt=0, description="GPU memory per worker")
 
 
 class CostsCfg(_Cfg):
@@ -97,7 +101,7 @@ class CostsCfg(_Cfg):
 
 
 class RuntimeCfg(_Cfg):
-    backend: str = "sim"
+    backend: str = Field("sim", description="sim (discrete-event simulator) | vllm | ray (mosaic list)")
     max_batch: int = Field(256, gt=0, description="max concurrent sequences per engine")
     engine: dict[str, Any] = Field(
         default_factory=dict,
@@ -113,7 +117,10 @@ class RuntimeCfg(_Cfg):
 
 
 class AggregationCfg(_Cfg):
-    mode: Literal["always", "adaptive", "learned"] = "always"
+    mode: Literal["always", "adaptive", "learned"] = Field(
+        "always",
+        description="always aggregate, adaptive (skip at confidence >= threshold) or learned (a trained agent)",
+    )
     threshold: float = Field(1.0, gt=0, le=1, description="skip when confidence >= threshold")
     model: str | None = Field(None, description="learned: a trained AggThreshold agent (mosaic train threshold)")
 
@@ -129,16 +136,16 @@ TRACKING_MODES: tuple[str, ...] = get_args(TrackingMode)
 
 
 class TrackingCfg(_Cfg):
-    mode: TrackingMode = "offline"
-    project: str = "mosaic"
-    entity: str | None = None
+    mode: TrackingMode = Field("offline", description="W&B: offline run directory, online, or disabled")
+    project: str = Field("mosaic", description="W&B project")
+    entity: str | None = Field(None, description="W&B entity (team or user)")
 
 
 class RunConfig(_Cfg):
     """One experiment: workload, cluster, costs, runtime, schedulers, tracking."""
 
-    name: str = "run"
-    seed: int = Field(0, ge=0)
+    name: str = Field("run", description="the run's name (run folders, W&B)")
+    seed: int = Field(0, ge=0, description="seeds the workload, responses and schedulers (same seed, same trace)")
     workload: WorkloadCfg = WorkloadCfg()
     responses: ResponsesCfg = ResponsesCfg()
     cluster: ClusterCfg = ClusterCfg()
@@ -146,14 +153,14 @@ class RunConfig(_Cfg):
     runtime: RuntimeCfg = RuntimeCfg()
     aggregation: AggregationCfg = AggregationCfg()
     tracking: TrackingCfg = TrackingCfg()
-    scheduler: str = "round-robin"
+    scheduler: str = Field("round-robin", description="the scheduler of mosaic run (mosaic list)")
     scheduler_options: dict[str, dict[str, Any]] = Field(
         default_factory=dict,
         description="scheduler name -> keyword options of its constructor, e.g. "
         "{mosaic-ilp: {solver: cbc, time_limit_s: 5, buckets: 8}}",
     )
     baseline: str = Field("round-robin", description="speedups are reported against this scheduler")
-    out_dir: str = "runs"
+    out_dir: str = Field("runs", description="where run folders go")
 
     @field_validator("scheduler", "baseline")
     @classmethod

@@ -85,7 +85,8 @@ class AggregationRecord:
 
 
 Record = RequestRecord | LoadRecord | AggregationRecord
-_TYPES: dict[str, type] = {c.TYPE: c for c in (RequestRecord, LoadRecord, AggregationRecord)}
+RECORD_TYPES: tuple[type, ...] = (RequestRecord, LoadRecord, AggregationRecord)  # every record a trace holds
+_TYPES: dict[str, type] = {c.TYPE: c for c in RECORD_TYPES}
 
 
 _FIELDS: dict[type, tuple[str, ...]] = {}

@@ -77,5 +77,5 @@ def cmd_reproduce(args: argparse.Namespace) -> int:
                               "script's own flags after --")  # fmt: skip
         with run_status(out, command):
             run_script(args.study, out, extra, command)
-    print(f"report: {out / 'index.md'} (and index.html)")
+    print(f"report: {out / 'index.md'} (and report.html)")
     return 0

@@ -1,4 +1,4 @@
-"""A study's report folder: ``index.md`` (a docs page), ``index.html`` (the same, standalone), PNG charts."""
+"""A study's report folder: ``index.md`` (a docs page), ``report.html`` (the same, standalone), PNG charts."""
 
 from __future__ import annotations
 
@@ -78,10 +78,10 @@ def to_html(page: Page, made: str) -> str:
 
 
 def write_page(page: Page, out: Path) -> tuple[Path, Path]:
-    """``out/index.md`` and ``out/index.html``."""
+    """``out/index.md`` and ``out/report.html``."""
     out.mkdir(parents=True, exist_ok=True)
     made = stamp()
-    md, page_html = out / "index.md", out / "index.html"
+    md, page_html = out / "index.md", out / "report.html"
     md.write_text(to_markdown(page, made), encoding="utf-8")
     page_html.write_text(to_html(page, made), encoding="utf-8")
     return md, page_html

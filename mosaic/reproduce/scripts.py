@@ -34,7 +34,7 @@ def script_of(study: str) -> Path:
 
 def run_script(study: str, out: Path, argv: Sequence[str], command: str) -> Page:
     """Run ``experiments/<study>.py --out OUT ARGV`` (its own progress and tables on the terminal), then write
-    ``OUT/index.md`` and ``index.html`` with its table.txt and every PNG it wrote."""
+    ``OUT/index.md`` and ``report.html`` with its table.txt and every PNG it wrote."""
     script = script_of(study)
     proc = subprocess.run([sys.executable, str(script), "--out", str(out), *argv], check=False)
     if proc.returncode != 0:

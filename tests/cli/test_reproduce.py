@@ -27,7 +27,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 def test_report_folder_holds_page_charts_and_results(report: Path) -> None:
     names = {p.name for p in report.iterdir()}
-    assert {"index.md", "index.html", "results.json", "speedups.png", "status.json"} <= names
+    assert {"index.md", "report.html", "results.json", "speedups.png", "status.json"} <= names
     assert {f"gantt_{w}.png" for w in ("mmlu_pro", "medmcqa", "gpqa")} <= names
     assert json.loads((report / "status.json").read_text())["status"] == "finished"
     page = (report / "index.md").read_text()
