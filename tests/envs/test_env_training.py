@@ -112,7 +112,11 @@ def test_threshold_agent_is_a_learned_policy(threshold_model: Path, small_instan
     inst = small_instances[0]
     q = inst.workload.queries[0]
     answers = [inst.responses.get(q.id, e).answer for e in inst.workload.routes[0]]
-    assert policy.decide(q, answers, 1.0) in (True, False)
+    # the decision is the trained model's deterministic action on the features the env computes, for every query
+    for conf in (1 / 3, 2 / 3, 1.0):
+        obs = np.clip(policy.features(q, answers, conf).astype(np.float32), 0.0, policy.model.high)
+        action, _ = policy.model.agent.model.predict(obs, deterministic=True)
+        assert policy.decide(q, answers, conf) is bool(int(np.asarray(action).ravel()[0]) == 1)
     with pytest.raises(ConfigError, match="task"):
         load_agent(threshold_model, task="reschedule")
 
