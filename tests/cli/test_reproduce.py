@@ -60,7 +60,11 @@ def test_speedup_table_is_the_mean_ratio_over_seeds(report: Path) -> None:
     mean, hw = ratios(cells, "medmcqa", "mosaic-ilp", "T=1", "end_to_end_s")
     assert mean == pytest.approx(sum(by_seed) / 2) and hw > 0
     row = next(r for r in speedup_table(cells, ["medmcqa"]).rows if r[0] == "medmcqa")
-    assert row[6].startswith(f"{mean:,.2f} ± ")
+    assert row[7].startswith(f"{mean:,.2f} ± ")
+    # the ceiling is a bound on every scheduler's expert-stage speedup, seed by seed
+    for s in (0, 1):
+        rr, bound = pick[(s, "round-robin", "always")], pick[(s, "round-robin", "always")].true_bound_s
+        assert all(rr.expert_s / pick[(s, n, "always")].expert_s <= rr.expert_s / bound for n in SCHEDULERS)
 
 
 def test_bad_requests_fail_before_writing(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
