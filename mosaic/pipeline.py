@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mosaic.agents import Scheduler, make_scheduler
+from mosaic.agents import SCHEDULERS, Scheduler, make_scheduler
 from mosaic.agents.bounds import TrueBound, latency_array, true_costs, true_lower_bound
 from mosaic.agents.policy import PlanReplay
 from mosaic.agents.thresholds import make_aggregation_policy
@@ -40,6 +40,7 @@ from mosaic.runtime.interface import Backend
 from mosaic.runtime.registry import BACKENDS
 from mosaic.runtime.slo import idle_latencies
 from mosaic.workloads import build_workload, expert_means
+from mosaic.workloads.registry import WORKLOADS
 
 ProgressFn = Callable[[str], None]
 
@@ -90,9 +91,25 @@ def workload_rng(cfg: RunConfig) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(cfg.seed, spawn_key=(0,)))
 
 
+def check_names(cfg: RunConfig) -> None:
+    """Every name the config selects from a registry is registered: one :class:`ConfigError` naming the field and
+    the valid names otherwise (the registries, not copies of their names in the config, are the truth)."""
+    for field, registry, name in (
+        ("workload.preset", WORKLOADS, cfg.workload.preset),
+        ("runtime.backend", BACKENDS, cfg.runtime.backend),
+        ("scheduler", SCHEDULERS, cfg.scheduler),
+        ("baseline", SCHEDULERS, cfg.baseline),
+    ):
+        try:
+            registry.get(name)
+        except RegistryError as err:
+            raise ConfigError(f"config field '{field}': {err.args[0]}") from None
+
+
 def prepare(cfg: RunConfig) -> Experiment:
-    """Build workload, ground-truth responses, cost model and cluster from ``cfg`` (after checking every
-    ``scheduler_options`` entry builds its scheduler)."""
+    """Build workload, ground-truth responses, cost model and cluster from ``cfg`` (after checking its registry
+    names and that every ``scheduler_options`` entry builds its scheduler)."""
+    check_names(cfg)
     for name in cfg.scheduler_options:
         scheduler_from_config(cfg, name)
     seq = np.random.SeedSequence(cfg.seed)

@@ -39,8 +39,11 @@ class ExpertCfg(_Cfg):
 class WorkloadCfg(_Cfg):
     """Which questions, which experts, how queries are routed."""
 
-    preset: Literal["mmlu_pro", "medmcqa", "gpqa", "custom"] = Field(
-        "medmcqa", description="a paper workload (its size, experts and aggregator) or custom (experts given here)"
+    preset: str = Field(
+        "medmcqa",
+        min_length=1,
+        description="a registered workload (`mosaic list`): a paper preset (its size, experts and aggregator) or "
+        "custom (experts given here); checked against the registry when the run is prepared",
     )
     num_queries: int | None = Field(None, gt=0, description="override the preset's size")
     questions: str = Field("auto", description="auto | synthetic | PATH to a JSONL/JSON/CSV question file")

@@ -18,7 +18,9 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
+from mosaic.core.config import RunConfig
 from mosaic.core.types import Responses
+from mosaic.predictors.interface import CostModel
 from mosaic.runtime.registry import BACKENDS
 from mosaic.runtime.vllm_backend import EngineError, VllmBackend, backend_from_config, worker_env
 
@@ -163,7 +165,7 @@ class RayBackend(VllmBackend):
         return RayWorker(worker_id, worker_env(index, n, self.device, self.devices), self.device, self.events)
 
 
-def make_ray_backend(cfg: Any, responses: Responses, costs: Any) -> RayBackend:
+def make_ray_backend(cfg: RunConfig, responses: Responses, costs: CostModel) -> RayBackend:
     """BACKENDS factory (same model resolution as ``vllm``)."""
     return backend_from_config(RayBackend, cfg)
 

@@ -13,6 +13,7 @@ from dataclasses import replace
 from typing import Any
 
 from mosaic.agents.policy import PlanReplay, Policy
+from mosaic.core.config import RunConfig
 from mosaic.core.errors import ConfigError, PlanError, WorkloadError
 from mosaic.core.trace import TraceWriter
 from mosaic.core.types import Cluster, Plan, Response, Responses, Worker, Workload
@@ -121,10 +122,9 @@ class SimBackend(Backend):
         return SimLoop(self, stage, workload, costs, cluster, trace, start, resident, gates).run(policy)
 
 
-def make_sim_backend(cfg: Any, responses: Responses, costs: CostModel) -> SimBackend:
-    """BACKENDS factory: ``cfg.runtime.max_batch`` (when set) caps the engines' batch size."""
-    runtime = getattr(cfg, "runtime", None)
-    return SimBackend(responses, costs, getattr(runtime, "max_batch", None))
+def make_sim_backend(cfg: RunConfig, responses: Responses, costs: CostModel) -> SimBackend:
+    """BACKENDS factory: ``cfg.runtime.max_batch`` caps the engines' batch size."""
+    return SimBackend(responses, costs, cfg.runtime.max_batch)
 
 
 BACKENDS.register("sim", help="discrete-event simulator: replays recorded output lengths with profiled costs")(

@@ -27,6 +27,7 @@ from typing import Any
 
 from mosaic.agents.policy import PlanReplay, Policy
 from mosaic.core.answers import extract_choice, extract_number, normalize_number
+from mosaic.core.config import RunConfig
 from mosaic.core.errors import MosaicError
 from mosaic.core.prompts import CHOICE_FORMAT, NUMERIC_FORMAT, build_aggregator_prompt
 from mosaic.core.trace import AGGREGATION_STAGE, LoadRecord, RequestRecord, TraceWriter, finished_requests, read_trace
@@ -466,7 +467,7 @@ def backend_from_config(cls: type[VllmBackend], cfg: Any) -> VllmBackend:
     )
 
 
-def make_vllm_backend(cfg: Any, responses: Responses, costs: Any) -> VllmBackend:
+def make_vllm_backend(cfg: RunConfig, responses: Responses, costs: CostModel) -> VllmBackend:
     """BACKENDS factory (engine processes on this machine)."""
     return backend_from_config(VllmBackend, cfg)
 

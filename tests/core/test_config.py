@@ -30,7 +30,7 @@ def test_overrides_are_parsed_as_yaml(tmp_path):
     ("tree", "field"),
     [
         ({"cluster": {"workers": 0}}, "cluster.workers"),
-        ({"workload": {"preset": "nope"}}, "workload.preset"),
+        ({"workload": {"preset": ""}}, "workload.preset"),
         ({"aggregation": {"threshold": 1.5}}, "aggregation.threshold"),
         ({"runtime": {"max_batch": "many"}}, "runtime.max_batch"),
         ({"tracking": {"colour": "red"}}, "tracking.colour"),
@@ -70,3 +70,20 @@ def test_missing_and_broken_files(tmp_path):
     top.write_text("- 1\n")
     with pytest.raises(ConfigError, match="top level must be a mapping"):
         load_config(top)
+
+
+@pytest.mark.parametrize(
+    ("override", "field", "valid"),
+    [
+        ("workload.preset=nope", "workload.preset", "gpqa"),
+        ("runtime.backend=gpu", "runtime.backend", "sim"),
+        ("scheduler=fastest", "scheduler", "mosaic-ilp"),
+        ("baseline=best", "baseline", "round-robin"),
+    ],
+)
+def test_registry_names_are_checked_against_the_registries(override, field, valid):
+    from mosaic.pipeline import prepare
+
+    with pytest.raises(ConfigError) as err:
+        prepare(load_config(None, [override]))
+    assert f"config field '{field}'" in str(err.value) and valid in str(err.value)
