@@ -69,8 +69,10 @@ def _turn(a: np.ndarray, b: np.ndarray, c: np.ndarray) -> float:
     return float((b[0] - a[0]) * (c[1] - a[1]) - (b[1] - a[1]) * (c[0] - a[0]))
 
 
-def front_accuracy(skip: float, points: np.ndarray) -> float:
-    """Accuracy of the fixed-T front's upper hull at skip rate ``skip`` (``points``: (skip, accuracy) rows)."""
+def front_accuracy(x: float, points: np.ndarray, more_is_better: bool = True) -> float:
+    """Accuracy of the fixed-T front at ``x`` (``points``: (x, accuracy) rows): the best of the upper hull (random
+    mixtures of two rules) at ``x`` or at any x that is better (larger when ``more_is_better``, e.g. a skip rate;
+    smaller otherwise, e.g. a latency)."""
     pts = points[np.argsort(points[:, 0], kind="stable")]
     hull: list[np.ndarray] = []
     for p in pts:
@@ -78,7 +80,9 @@ def front_accuracy(skip: float, points: np.ndarray) -> float:
             hull.pop()
         hull.append(p)
     h = np.array(hull)
-    return float(np.interp(skip, h[:, 0], h[:, 1]))
+    at = float(np.interp(x, h[:, 0], h[:, 1]))
+    better = h[h[:, 0] >= x, 1] if more_is_better else h[h[:, 0] <= x, 1]
+    return max(at, float(better.max())) if better.size else at
 
 
 def _stats(skip: np.ndarray, ref: np.ndarray, fixed: list[np.ndarray], maj: np.ndarray, agg: np.ndarray,

@@ -104,6 +104,10 @@ def test_cuts_and_front() -> None:
     assert cut_for_accuracy(scores, ~maj & ~agg, agg, 1.0) == -np.inf  # nothing reaches it
     pts = np.array([[0.0, 0.9], [0.5, 0.7], [0.6, 0.85], [1.0, 0.5]])
     assert front_accuracy(0.3, pts) == pytest.approx(0.9 - 0.3 / 0.6 * 0.05)  # (0.5, 0.7) lies under the hull
+    rising = np.array([[1.0, 0.7], [2.0, 0.8], [3.0, 0.75]])  # e.g. (p99, accuracy): the fastest is not the best
+    assert front_accuracy(1.5, rising, more_is_better=False) == pytest.approx(0.75)
+    assert front_accuracy(2.5, rising, more_is_better=False) == pytest.approx(0.8)  # the faster rule at 2.0
+    assert front_accuracy(1.5, rising) == pytest.approx(0.8)  # larger x better: the rule at 2.0 counts
 
 
 def _questions(n: int, rng: np.random.Generator) -> Questions:
