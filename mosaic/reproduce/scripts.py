@@ -15,12 +15,12 @@ EXPERIMENTS = Path(__file__).resolve().parents[2] / "experiments"
 
 
 def studies() -> dict[str, str]:
-    """Study name -> the first line of its script's docstring (scripts in ``experiments/`` of this checkout)."""
+    """Study name -> the first paragraph of its script's docstring (scripts in ``experiments/`` of this checkout)."""
     out = {}
     for path in sorted(EXPERIMENTS.glob("*.py")):
         text = path.read_text(encoding="utf-8")
-        first = text.split('"""', 2)[1].strip().splitlines()[0] if text.startswith('"""') else ""
-        out[path.stem] = first
+        doc = text.split('"""', 2)[1].strip() if text.startswith('"""') else ""
+        out[path.stem] = " ".join(doc.split("\n\n")[0].split())
     return out
 
 
