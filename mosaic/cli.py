@@ -34,7 +34,8 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, help="override the config's seed")
     p.add_argument("--out", help="output directory (default: <out_dir>/<name>__<command>__seed<seed>__<time>)")
     p.add_argument("--backend", help="sim | vllm | ray (overrides runtime.backend)")
-    p.add_argument("--aggregation", choices=["always", "adaptive", "learned"], help="overrides aggregation.mode")
+    p.add_argument("--aggregation", metavar="MODE",
+                   help="overrides aggregation.mode: always | adaptive | learned | a registered policy")  # fmt: skip
     p.add_argument("--threshold", type=float, help="skip the aggregator when confidence >= this (adaptive)")
     p.add_argument("--aggregation-model", help="a trained threshold agent (learned; mosaic train threshold)")
     p.add_argument("--arrivals", metavar="SPEC",

@@ -15,6 +15,7 @@ import numpy as np
 from mosaic.agents import SCHEDULERS, Scheduler, make_scheduler
 from mosaic.agents.bounds import TrueBound, latency_array, true_costs, true_lower_bound
 from mosaic.agents.policy import PlanReplay
+from mosaic.agents.registry import AGGREGATION_POLICIES
 from mosaic.agents.thresholds import make_aggregation_policy
 from mosaic.core.config import RunConfig
 from mosaic.core.errors import ConfigError, PlanError, RegistryError
@@ -94,6 +95,11 @@ def workload_rng(cfg: RunConfig) -> np.random.Generator:
 def check_names(cfg: RunConfig) -> None:
     """Every name the config selects from a registry is registered: one :class:`ConfigError` naming the field and
     the valid names otherwise (the registries, not copies of their names in the config, are the truth)."""
+    if cfg.aggregation.mode not in ("adaptive", "learned"):
+        try:
+            AGGREGATION_POLICIES.get(cfg.aggregation.mode)
+        except RegistryError as err:
+            raise ConfigError(f"config field 'aggregation.mode': {err.args[0]} (or adaptive, learned)") from None
     for field, registry, name in (
         ("workload.preset", WORKLOADS, cfg.workload.preset),
         ("runtime.backend", BACKENDS, cfg.runtime.backend),
@@ -120,16 +126,25 @@ def prepare(cfg: RunConfig) -> Experiment:
 
 
 def aggregation_policy(exp: Experiment) -> AggregationPolicy:
-    """``aggregation.mode``: ``always``, ``adaptive`` (fixed threshold T, two-decimal T = 0.67 meaning 2/3) or
-    ``learned`` (a trained AggThreshold agent, ``aggregation.model``, with the features it was trained on)."""
+    """``aggregation.mode``: ``always``, ``adaptive`` (fixed threshold T, two-decimal T = 0.67 meaning 2/3),
+    ``learned`` (a trained AggThreshold agent, ``aggregation.model``, with the features it was trained on), or any
+    registered aggregation policy built with ``aggregation.options`` (``load-aware``, ``calibrated``, ...)."""
     cfg = exp.cfg
-    if cfg.aggregation.mode == "adaptive":
+    mode, options = cfg.aggregation.mode, dict(cfg.aggregation.options)
+    if mode == "adaptive":
         return make_aggregation_policy("threshold", threshold=cfg.aggregation.threshold)
-    if cfg.aggregation.mode == "learned":
+    if mode == "learned":
         from mosaic.agents.rl import rl_threshold_policy  # torch and SB3: only for learned policies
 
         return rl_threshold_policy(cfg.aggregation.model, skip_context(exp))
-    return make_aggregation_policy("always")
+    if mode == "always" and not options:
+        return make_aggregation_policy("always")
+    try:
+        return make_aggregation_policy(mode, **options)
+    except (ConfigError, RegistryError) as err:
+        raise ConfigError(f"config field 'aggregation': {err.args[0]}") from None
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"config field 'aggregation.options': bad options {options} for {mode!r}: {err}") from None
 
 
 def skip_context(exp: Experiment) -> Callable[[Query], tuple[list[str], float]]:

@@ -120,12 +120,19 @@ class RuntimeCfg(_Cfg):
 
 
 class AggregationCfg(_Cfg):
-    mode: Literal["always", "adaptive", "learned"] = Field(
+    mode: str = Field(
         "always",
-        description="always aggregate, adaptive (skip at confidence >= threshold) or learned (a trained agent)",
+        min_length=1,
+        description="always aggregate, adaptive (skip at confidence >= threshold), learned (a trained agent), or any "
+        "registered aggregation policy (`mosaic list`: load-aware, calibrated, ...) built with `options`",
     )
     threshold: float = Field(1.0, gt=0, le=1, description="skip when confidence >= threshold")
     model: str | None = Field(None, description="learned: a trained AggThreshold agent (mosaic train threshold)")
+    options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="a registered policy's keyword options, e.g. {busy_threshold: 0.67, backlog_s: 30} (load-aware) "
+        "or {model: PATH, max_loss: 0.01} (calibrated)",
+    )
 
     @model_validator(mode="after")
     def _learned_needs_a_model(self) -> AggregationCfg:

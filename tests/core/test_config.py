@@ -87,3 +87,20 @@ def test_registry_names_are_checked_against_the_registries(override, field, vali
     with pytest.raises(ConfigError) as err:
         prepare(load_config(None, [override]))
     assert f"config field '{field}'" in str(err.value) and valid in str(err.value)
+
+
+def test_aggregation_mode_selects_any_registered_policy_with_its_options():
+    from mosaic.agents.thresholds import LoadAwareThreshold
+    from mosaic.pipeline import aggregation_policy, prepare
+
+    base = ["workload.preset=gpqa", "workload.num_queries=20", "tracking.mode=disabled"]
+    cfg = load_config(
+        None, [*base, "aggregation.mode=load-aware", "aggregation.options={busy_threshold: 0.67, backlog_s: 5}"]
+    )
+    policy = aggregation_policy(prepare(cfg))
+    assert isinstance(policy, LoadAwareThreshold) and policy.backlog_s == 5.0
+    with pytest.raises(ConfigError, match=r"aggregation\.mode.*unknown aggregation policy 'sometimes'"):
+        prepare(load_config(None, [*base, "aggregation.mode=sometimes"]))
+    bad = load_config(None, [*base, "aggregation.mode=load-aware", "aggregation.options={backlog: 5}"])
+    with pytest.raises(ConfigError, match=r"aggregation\.options"):
+        aggregation_policy(prepare(bad))
