@@ -46,7 +46,6 @@ import heapq
 import math
 from collections import deque
 from collections.abc import Callable, Collection, Iterable
-from operator import itemgetter
 from typing import NamedTuple
 
 from mosaic.core.errors import ProfileError
@@ -68,7 +67,6 @@ __all__ = ["ARRIVAL_EPS", "SimRequest", "WorkerSim", "discard", "split_lines", "
 
 ARRIVAL_EPS = 1e-9  # a request counts as arrived when arrival <= clock + ARRIVAL_EPS (absorbs float noise)
 _INF = math.inf
-_SEQ = itemgetter(1)  # a running entry's admission sequence number
 
 
 def discard(_record: Record) -> None:
@@ -124,7 +122,8 @@ def _params(mc: ModelCost, expert: str) -> _Params:
 # every attribute of a WorkerSim (``WorkerSim.copy``; a test checks that the list is complete)
 _WORKER_STATE = ("worker_id", "stage", "start", "clock", "resident", "busy_s", "loading_s", "last_end", "completed",
                  "records", "_emit", "_cost_of", "_cache", "_queue", "_heap", "_step", "_kv", "_reserved", "_seq",
-                 "_next", "_next_known", "_prefill_s", "_used", "_cls", "_preempted", "preemptions")  # fmt: skip
+                 "_next", "_next_known", "_prefill_s", "_used", "_cls", "_preempted", "_order",
+                 "preemptions")  # fmt: skip
 
 
 class WorkerSim:
@@ -167,6 +166,7 @@ class WorkerSim:
         self._used = 0  # paged KV: blocks held by the running batch
         self._cls: list[int] = []  # paged KV: running requests per phase (tokens - step) mod block (sim_steps)
         self._preempted: dict[int, tuple[int, float]] = {}  # queued preempted request -> (generated, first start)
+        self._order: list[tuple[int, int, float, SimRequest]] = []  # paged KV: heap entries by admission (+ done)
         self.preemptions = 0  # requests preempted so far (paged KV)
 
     # --- state queries ---------------------------------------------------------------------------------------
@@ -236,7 +236,7 @@ class WorkerSim:
         for name in _WORKER_STATE:
             setattr(new, name, getattr(self, name))
         new._queue, new._heap = deque(self._queue), self._heap[:]  # their items are tuples (immutable)
-        new._cls, new._preempted = self._cls[:], dict(self._preempted)
+        new._cls, new._preempted, new._order = self._cls[:], dict(self._preempted), self._order[:]
         if self._emit == self.records.append:
             new.records = self.records[:]
             new._emit = new.records.append
@@ -351,6 +351,7 @@ class WorkerSim:
         busy, loading, last_end, done = self.busy_s, self.loading_s, self.last_end, 0
         resident, prefill_s = self.resident, self._prefill_s
         used, cls, pre = self._used, self._cls, self._preempted  # paged KV: blocks held, phase counts, resumes
+        order, gone = self._order, set()  # paged KV: entries by admission; seqs of preempted entries still in heap
         tps = base = per_seq = per_kv = unload = cbase = cseq = ckv = 0.0  # unload: seconds to free the resident
         mb = kvcap = 0
         two = paged = False  # the resident's step has a second line (max of two); its KV is paged
@@ -365,7 +366,7 @@ class WorkerSim:
         while True:
             if events >= max_events:
                 limit = -_INF  # apply nothing more, but still find when the next event ends
-            b = len(heap)
+            b = len(heap) - len(gone)
             wait_arrival = _INF  # a same-expert head that fits but has not arrived: decode only until it does
             if queue:
                 head = queue[0]
@@ -409,11 +410,13 @@ class WorkerSim:
                                 kv += head[3]
                                 reserved += head[3] + head[4]
                             else:
+                                e = (s + head[4] - res[0], seq, res[1], head) if res else (s + head[4], seq, t, head)
                                 if res:
                                     del pre[head[0]]
-                                    push(heap, (s + head[4] - res[0], seq, res[1], head))
-                                else:
-                                    push(heap, (s + head[4], seq, t, head))
+                                push(heap, e)
+                                order.append(e)
+                                if len(order) > 2 * b + 64:  # drop the finished (they pile up between preemptions)
+                                    order[:] = [x for x in order if x[0] >= s]
                                 kv += tk
                                 used += (tk + blk - 1) // blk
                                 cls[(tk - s) % blk] += 1
@@ -432,6 +435,9 @@ class WorkerSim:
                         wait_arrival = head[5]
             if not b:
                 break  # nothing queued, nothing running
+            if gone:  # the earliest finish must be a running entry's
+                while heap[0][1] in gone:
+                    gone.discard(pop(heap)[1])
             c0 = base + per_seq * b + per_kv * kv
             h = per_kv * b
             n = heap[0][0] - s
@@ -459,7 +465,10 @@ class WorkerSim:
             kv += b * n
             events += 1
             while heap and heap[0][0] <= s:
-                _, _, st, it = pop(heap)
+                _, q, st, it = pop(heap)
+                if gone and q in gone:  # preempted: its entry was left in the heap
+                    gone.discard(q)
+                    continue
                 tokens = it[3] + it[4]
                 kv -= tokens
                 if paged:
@@ -475,8 +484,11 @@ class WorkerSim:
                                        r.text))  # fmt: skip
                 done += 1
                 last_end = t
-            if paged and len(heap) > 1 and used + cls[-s % blk] > nblk:  # the next step's blocks do not fit
-                used, kv, prefill_s = self._preempt(s, used, kv, prefill_s, blk, nblk, tps)
+            if paged and len(heap) - len(gone) > 1 and used + cls[-s % blk] > nblk:  # the next step's blocks don't fit
+                used, kv, prefill_s = self._preempt(s, used, kv, prefill_s, blk, nblk, tps, gone)
+        if gone:  # outside the loop the heap holds the running entries only
+            heap[:] = [x for x in heap if x[1] not in gone]
+            heapq.heapify(heap)
         self.clock, self._step, self._kv, self._reserved, self._seq = t, s, kv, reserved, seq
         self.busy_s, self.loading_s, self.last_end, self.resident = busy, loading, last_end, resident
         self._prefill_s, self._used = prefill_s, used
@@ -485,22 +497,24 @@ class WorkerSim:
         return events
 
     def _preempt(
-        self, s: int, used: int, kv: int, prefill_s: float | None, blk: int, nblk: int, tps: float
+        self, s: int, used: int, kv: int, prefill_s: float | None, blk: int, nblk: int, tps: float, gone: set[int]
     ) -> tuple[int, int, float | None]:
         """Preempt the most recently admitted running requests (vLLM v1, by recompute) until step ``s``'s new blocks
         fit, never the earliest admitted; they return to the queue's front, earliest admitted first, keeping their
-        generated tokens and first start. Returns the updated (blocks held, KV tokens, queued prefill seconds)."""
-        heap, cls = self._heap, self._cls
+        generated tokens and first start. Returns the updated (blocks held, KV tokens, queued prefill seconds).
+
+        The victim is the last entry of the admission order that has not finished (O(1) amortised); its heap entry
+        stays, its sequence number joins ``gone`` (the event loop skips it)."""
+        order, cls = self._order, self._cls
+        live = len(self._heap) - len(gone)
         need = cls[-s % blk]
         victims: list[SimRequest] = []
-        while len(heap) > 1 and used + need > nblk:
-            victim = max(heap, key=_SEQ)  # the most recently admitted
-            i, last = heap.index(victim), heap.pop()  # take it out in O(log b), the heap kept (no re-heapify)
-            if last is not victim:
-                heap[i] = last
-                heapq._siftup(heap, i)  # the standard remove-at-index of a binary heap: down, then up
-                heapq._siftdown(heap, 0, i)
-            f, _, st, it = victim
+        while live > 1 and used + need > nblk:
+            f, q, st, it = order.pop()
+            if f <= s:  # finished already
+                continue
+            gone.add(q)
+            live -= 1
             tokens = it[3] + it[4] - (f - s)  # KV tokens it holds now
             used -= (tokens + blk - 1) // blk
             kv -= tokens
