@@ -460,7 +460,7 @@ class WorkerSim:
             busy += end - t
             t = end
             if paged:
-                used += blocks_allocated(cls, s, blk, b, n)
+                used += cls[-s % blk] if n == 1 else blocks_allocated(cls, s, blk, b, n)  # one step: its phase
             s += n
             kv += b * n
             events += 1
