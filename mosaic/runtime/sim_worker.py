@@ -441,7 +441,7 @@ class WorkerSim:
             c0 = base + per_seq * b + per_kv * kv
             h = per_kv * b
             n = heap[0][0] - s
-            if paged and b > 1 and nblk - used < b * (n // blk + 1):  # the blocks may run out before step s + n
+            if paged and b > 1 and n > 1 and nblk - used < b * (n // blk + 1):  # blocks may run out before s + n
                 fit = steps_that_fit(cls, s, blk, b, nblk - used, n)
                 if fit < n:
                     n = max(fit, 1)  # >= 1 always holds: admissions and preemptions leave the next step room
