@@ -2,7 +2,8 @@
 
 Synthetic stages: ``E`` experts (a third of them reasoning, ~3000 output tokens; the rest instruct, ~220), ``Q``
 queries routed to k = 3 experts with Zipf-skewed demand, per-request predicted lengths (lognormal around each
-expert's mean, so buckets matter), roofline A100-80GB costs, ``W`` identical workers. Plus the paper's MedMCQA
+expert's mean, so buckets matter), roofline A100-80GB costs under the config's defaults (``costs.step_model`` max,
+``costs.memory_mode`` paged), ``W`` identical workers. Plus the paper's MedMCQA
 stage (4 x 6 x 4183, ``experiments/configs/medmcqa.yaml``). Times are wall-clock seconds of
 ``MosaicIlpScheduler.plan`` (greedy LPT warm start, instance, model, LP relaxation, MIP, extraction, polish).
 "model gap" = (incumbent - best bound) / incumbent of the solver on its own model (bucket means: model-only);
@@ -26,6 +27,7 @@ from rich.table import Table
 
 from mosaic.agents.greedy_lpt import GreedyLPTScheduler
 from mosaic.agents.ilp_scheduler import MosaicIlpScheduler
+from mosaic.core.config import CostsCfg
 from mosaic.core.types import Cluster, Expert, ExpertKind, Query, Request, Workload
 from mosaic.predictors.costmodel import ProfiledCostModel
 from mosaic.predictors.interface import CostModel, LengthPredictor
@@ -65,7 +67,9 @@ def synthetic_stage(
     queries = tuple(Query(i, "", prompt_tokens=int(prompts[i])) for i in range(n_queries))
     routes = tuple(tuple(experts[j].name for j in row) for row in picks.tolist())
     wl = Workload.build(f"synthetic-{n_workers}x{n_experts}x{n_queries}", queries, experts, routes, experts[0])
-    profile = roofline_profile(experts, [GPU], 256)
+    defaults = CostsCfg()  # the config's defaults: step model (unset: max) and memory mode (paged)
+    profile = roofline_profile(experts, [GPU], 256, step_model=defaults.step_model or "max")
+    profile = profile.with_memory_mode(defaults.memory_mode)
     costs = ProfiledCostModel(profile, SpreadPredictor(means, seed), wl)
     return wl, costs, Cluster.homogeneous(n_workers, GPU, 80.0)
 

@@ -80,7 +80,7 @@ class MosaicIlpScheduler(Scheduler):
         warm_start: bool | str = "auto",
         wraparound: bool = True,
         integer_per_worker: float = 20.0,
-        polish_s: float = 0.5,
+        polish_s: float = 1.5,
         lp_bound: bool = True,
         msg: bool = False,
     ) -> None:

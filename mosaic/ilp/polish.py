@@ -4,7 +4,8 @@ The model prices a group with bucket means, a representative under-filled batch 
 the cost model prices it as ``sum_i a_i + max(sum_i d_i / min(cap_i, n), max_i d_i)`` over the group's actual
 requests. Where the two differ (small groups of mixed lengths, mostly), moving or swapping single requests
 between workers that already serve the same expert, or relocating a whole group to another worker, lowers the
-real makespan. No move adds a replica (R_max holds), breaks memory, or (fixed mode) changes the placement.
+real makespan; outside fixed mode a request may also start a new replica (up to R_max) on one of the least busy
+workers, its load paid there. No move breaks memory or (fixed mode) changes the placement.
 Deterministic; bounded by a time budget.
 """
 
@@ -18,6 +19,8 @@ from mosaic.ilp.batches import MAX_EXACT, reserve_steps
 from mosaic.ilp.instance import IlpInstance
 
 CANDIDATES = 3  # requests tried per (expert, worker): the slowest alone and the costliest at full batch
+SPAWN_TARGETS = 3  # least busy workers tried for a new replica of a critical worker's expert
+SPAWN_MIN_PAIRS = 16  # no new replicas on models of at most this many expert x worker pairs
 TOL = 1e-9
 
 
@@ -113,6 +116,22 @@ def _options(s: _State, w: int, e: int, ids: np.ndarray) -> list[tuple[int, np.n
         for v in range(len(s.groups)):
             if v != w and (e in s.groups[v] or _fits(s, e, v)):
                 out.append((v, empty, np.append(s.groups[v].get(e, empty), ids)))
+        out += _spawns(s, w, e, ids)
+    return out
+
+
+def _spawns(s: _State, w: int, e: int, ids: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """A new replica, while ``e`` has fewer than its R_max: one of the group's slowest or costliest requests moved to
+    one of the ``SPAWN_TARGETS`` least busy workers that do not serve ``e`` (paying its load there). Not on models of
+    at most ``SPAWN_MIN_PAIRS`` expert x worker pairs: there the MIP decides replicas without an R_max rule, and a
+    spawn priced by the closed form made paged plans slower (exhaustive test)."""
+    if len(ids) < 2 or s.inst.allowed.size <= SPAWN_MIN_PAIRS or sum(e in g for g in s.groups) >= s.inst.r_max[e]:
+        return []
+    free = [v for v in np.argsort(s.busy, kind="stable").tolist() if v != w and e not in s.groups[v]]
+    targets = [v for v in free if _fits(s, e, v)][:SPAWN_TARGETS]
+    out = []
+    for r in _candidates(s.inst, s.inst.worker_type[w], ids, slow_first=True):
+        out += [(v, ids[ids != r], np.array([r], dtype=np.int64)) for v in targets]
     return out
 
 

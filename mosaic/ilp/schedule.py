@@ -36,7 +36,7 @@ class IlpOptions:
     aggregator_last: bool = True  # serve the aggregator last where placed (it stays resident)
     integer_per_worker: float = 20.0  # counts of buckets smaller than this x workers are integer variables
     wraparound: bool = True  # also try McNaughton's wrap-around rule as a start (the better start is used)
-    polish_s: float = 0.5  # seconds of local search on the cost model's own group costs after extraction
+    polish_s: float = 1.5  # seconds of local search on the cost model's own group costs after extraction
 
 
 @dataclass(frozen=True, slots=True)
