@@ -5,7 +5,7 @@ Poisson at a share of round-robin's capacity (as in ``experiments/online_load.py
 queries as one offline batch). At each load every policy serves the same arrivals with the same scheduler:
 
 - fixed thresholds: always aggregate, T = 1, T = 2/3, T = 1/3 (skip every query with an answer);
-- load-aware (:class:`~mosaic.agents.thresholds.LoadAwareThreshold`): T = 1 while the aggregator keeps up, 2/3
+- load-aware (:class:`~mosaic.aggregation.thresholds.LoadAwareThreshold`): T = 1 while the aggregator keeps up, 2/3
   when its queue holds >= ``backlog_s`` predicted seconds per worker or the query has waited ``slo_s`` seconds.
 
 ``--aggregator-fix P``: in the synthetic MedMCQA responses the aggregator is no better than the experts' majority
@@ -33,9 +33,9 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from mosaic.agents.skip_front import front_accuracy
-from mosaic.agents.thresholds import FixedThreshold, LoadAwareThreshold
-from mosaic.core.aggregation import AggregationPolicy, AlwaysAggregate
+from mosaic.aggregation.interface import AggregationPolicy, AlwaysAggregate
+from mosaic.aggregation.skip_front import front_accuracy
+from mosaic.aggregation.thresholds import FixedThreshold, LoadAwareThreshold
 from mosaic.core.config import load_config
 from mosaic.core.script_args import parse_dataclass_args
 from mosaic.core.types import Response, Responses

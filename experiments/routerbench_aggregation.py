@@ -13,7 +13,7 @@ aggregator ran on these questions, the aggregator's answer is a strong model's o
 Expert sets: ``fixed`` (the same k models for every question, ``--fixed``) and ``routed`` (the k models most accurate
 on a random calibration half of the task, the aggregator excluded). Both are evaluated on the other half.
 
-Learned rules (:mod:`mosaic.agents.reliability`, :mod:`mosaic.agents.skip_front`): per-expert accuracies and
+Learned rules (:mod:`mosaic.aggregation.reliability`, :mod:`mosaic.aggregation.skip_front`): per-expert accuracies and
 P(majority correct) / P(aggregator correct) models fitted on the calibration questions only; each rule skips the
 questions it scores safest, with a cut chosen on the calibration questions (out-of-fold) to match T=1's skip rate
 there ("@T=1 skip") or its accuracy ("@T=1 acc"). Evaluated on the evaluation questions with 95% bootstrap intervals
@@ -36,8 +36,10 @@ from pathlib import Path
 
 import numpy as np
 
-from mosaic.agents.reliability import SKIP_FEATURE_NAMES, ece, reliability_bins
-from mosaic.agents.skip_front import (
+from mosaic.aggregation.agreement import AgreementResult, EmbeddingAgreement, agreement_from_answers, make_embedder
+from mosaic.aggregation.answers import AnswerKind, normalize_code
+from mosaic.aggregation.reliability import SKIP_FEATURE_NAMES, ece, reliability_bins
+from mosaic.aggregation.skip_front import (
     RULES,
     Comparison,
     Questions,
@@ -47,13 +49,11 @@ from mosaic.agents.skip_front import (
     fixed_skips,
     rule_scores,
 )
-from mosaic.agents.thresholds import DEFAULT_TOLERANCE, FixedThreshold
+from mosaic.aggregation.thresholds import DEFAULT_TOLERANCE, FixedThreshold
 from mosaic.core.config import TRACKING_MODES, TrackingCfg
 from mosaic.core.errors import MosaicError
 from mosaic.core.script_args import choice_field, parse_dataclass_args
 from mosaic.report.tracking import log_run
-from mosaic.runtime.agreement import AgreementResult, EmbeddingAgreement, agreement_from_answers, make_embedder
-from mosaic.runtime.answers import AnswerKind, normalize_code
 from mosaic.workloads.routerbench import TASKS, RouterBenchTask, default_data_dir, load_routerbench
 
 PLOT_RULE = "expected loss"  # the learned rule swept on the accuracy-vs-skip plot

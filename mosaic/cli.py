@@ -170,7 +170,7 @@ def cmd_list(args: argparse.Namespace) -> int:
 
     import mosaic.pipeline  # noqa: F401  (imports every registry's implementations)
     from mosaic.agents import SCHEDULERS
-    from mosaic.agents.registry import AGGREGATION_POLICIES
+    from mosaic.aggregation.registry import AGGREGATION_POLICIES
     from mosaic.predictors.registry import LENGTH_PREDICTORS
     from mosaic.runtime.registry import BACKENDS
     from mosaic.workloads.registry import WORKLOADS

@@ -15,8 +15,9 @@ import numpy as np
 from mosaic.agents import SCHEDULERS, Scheduler, make_scheduler
 from mosaic.agents.bounds import TrueBound, latency_array, true_costs, true_lower_bound
 from mosaic.agents.policy import PlanReplay
-from mosaic.agents.registry import AGGREGATION_POLICIES
-from mosaic.agents.thresholds import make_aggregation_policy
+from mosaic.aggregation.interface import AggregationPolicy
+from mosaic.aggregation.registry import AGGREGATION_POLICIES
+from mosaic.aggregation.thresholds import make_aggregation_policy
 from mosaic.core.config import RunConfig
 from mosaic.core.errors import ConfigError, PlanError, RegistryError
 from mosaic.core.trace import EXPERT_STAGE, Record, RequestRecord, TraceWriter, finished_requests
@@ -35,7 +36,6 @@ from mosaic.report.metrics import (
     utilisation,
     worker_usage,
 )
-from mosaic.runtime.aggregation import AggregationPolicy
 from mosaic.runtime.executor import Executor, RunResult, aggregation_workload
 from mosaic.runtime.interface import Backend
 from mosaic.runtime.registry import BACKENDS

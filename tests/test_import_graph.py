@@ -7,9 +7,9 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "mosaic"
-# core <- workloads / predictors <- ilp / agents <- runtime / report <- envs / pipeline / cli
-LAYERS = {"core": 0, "workloads": 1, "predictors": 1, "ilp": 2, "agents": 2, "runtime": 3, "report": 3, "envs": 4,
-          "pipeline": 4, "reproduce": 4, "cli": 4, "mosaic": 5, "docsgen": 5}  # fmt: skip
+# core <- aggregation <- workloads / predictors <- ilp / agents <- runtime / report <- envs / pipeline / cli
+LAYERS = {"core": 0, "aggregation": 0.5, "workloads": 1, "predictors": 1, "ilp": 2, "agents": 2, "runtime": 3,
+          "report": 3, "envs": 4, "pipeline": 4, "reproduce": 4, "cli": 4, "mosaic": 5, "docsgen": 5}  # fmt: skip
 # imports that break the layers, each with why it stays (the test fails when one is no longer there)
 KNOWN: dict[tuple[str, str], str] = {}
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from mosaic.agents.policy import ARRIVAL, START, Action, Dispatch, Event, Policy, Steal, View, Withdraw
-from mosaic.core.aggregation import Load
+from mosaic.aggregation.interface import Load
 
 
 class AggregateOnRelease(Policy):

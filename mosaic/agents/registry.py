@@ -1,4 +1,4 @@
-"""Registries of schedulers and aggregation (skip) policies."""
+"""Registry of schedulers (aggregation policies: :mod:`mosaic.aggregation.registry`)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from mosaic.core.errors import ConfigError
 from mosaic.core.registry import Registry
 
 SCHEDULERS: Registry[type[Scheduler]] = Registry("scheduler")
-AGGREGATION_POLICIES: Registry[Any] = Registry("aggregation policy")
 
 
 def scheduler_options(cls: type) -> set[str]:

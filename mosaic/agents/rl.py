@@ -6,7 +6,7 @@
   :class:`~mosaic.agents.reschedule.Rescheduler`). With ``start="plan"`` it starts from a base scheduler's plan
   (MOSAIC ILP when registered) and reschedules it when true lengths differ from the predicted ones.
 - :func:`rl_threshold_policy`: a trained ``mosaic/AggThreshold-v0`` agent as a
-  :class:`~mosaic.agents.thresholds.LearnedThresholdPolicy` (not registered in AGGREGATION_POLICIES here: the
+  :class:`~mosaic.aggregation.thresholds.LearnedThresholdPolicy` (not registered in AGGREGATION_POLICIES here: the
   aggregation tests pin that registry's names; registering it as ``'rl-threshold'`` is one line for its owner).
 
 Importable without torch, gymnasium or stable-baselines3: they are imported when a model is loaded.
@@ -29,7 +29,7 @@ from mosaic.agents.bounds import lower_bound
 from mosaic.agents.interface import Scheduler
 from mosaic.agents.registry import SCHEDULERS, make_scheduler
 from mosaic.agents.reschedule import DEFAULT_BUCKETS, ReschedulePolicy, default_plan_scheduler, obs_sizes
-from mosaic.agents.thresholds import Context, LearnedThresholdPolicy
+from mosaic.aggregation.thresholds import Context, LearnedThresholdPolicy
 from mosaic.core.errors import ConfigError
 from mosaic.core.types import Cluster, Plan, Workload
 from mosaic.predictors.interface import CostModel
@@ -205,11 +205,11 @@ class RLRescheduleScheduler(Scheduler):
 
 
 class SB3SkipModel:
-    """``predict(features) -> 1 (skip) | 0``: a trained AggThreshold agent on :func:`~mosaic.agents.thresholds.features`
-    clipped into the env's observation box."""
+    """``predict(features) -> 1 (skip) | 0``: a trained AggThreshold agent on
+    :func:`~mosaic.aggregation.thresholds.features` clipped into the env's observation box."""
 
     def __init__(self, agent: LoadedAgent) -> None:
-        from mosaic.agents.thresholds import FEATURE_HIGH, FEATURE_NAMES
+        from mosaic.aggregation.thresholds import FEATURE_HIGH, FEATURE_NAMES
 
         self.agent = agent
         self.high = np.array([FEATURE_HIGH[n] for n in FEATURE_NAMES], dtype=np.float32)

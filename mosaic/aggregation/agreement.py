@@ -3,7 +3,7 @@
 Two implementations behind one interface, :meth:`Agreement.score`:
 
 - :class:`ExactMatchAgreement`: extract an answer per response (choice letter, number, ...), then
-  confidence = share of responses giving the most common answer (``mosaic.core.aggregation.confidence``).
+  confidence = share of responses giving the most common answer (``mosaic.aggregation.interface.confidence``).
 - :class:`EmbeddingAgreement`: for free text or code. Embed the responses, link two when their cosine similarity
   reaches a threshold, take connected components as clusters; confidence = largest cluster's share.
 
@@ -24,8 +24,8 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from mosaic.core.aggregation import confidence as answer_confidence
-from mosaic.core.answers import AnswerKind, extract_answer
+from mosaic.aggregation.answers import AnswerKind, extract_answer
+from mosaic.aggregation.interface import confidence as answer_confidence
 from mosaic.core.errors import ConfigError, WorkloadError
 
 
@@ -244,7 +244,7 @@ def cluster_by_similarity(
 class EmbeddingAgreement(Agreement):
     """Cluster responses by cosine similarity of their embeddings; confidence = largest cluster share.
 
-    ``preprocess`` maps a response to the text that is embedded (e.g. :func:`~mosaic.core.answers.extract_code`
+    ``preprocess`` maps a response to the text that is embedded (e.g. :func:`~mosaic.aggregation.answers.extract_code`
     for code); a response it maps to None or blank has no answer. The result's ``answer`` is the representative's
     preprocessed text.
     """

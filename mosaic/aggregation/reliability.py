@@ -10,7 +10,7 @@
   skip loses is their difference), saved and loaded as JSON.
 - :func:`ece` and :func:`reliability_bins`: calibration of a confidence against correctness.
 
-Plain vote share (:func:`mosaic.core.aggregation.confidence`) stays the paper's rule; nothing here replaces it.
+Plain vote share (:func:`mosaic.aggregation.interface.confidence`) stays the paper's rule; nothing here replaces it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mosaic.core.aggregation import confidence
+from mosaic.aggregation.interface import confidence
 from mosaic.core.errors import ConfigError, WorkloadError
 from mosaic.core.types import Query
 

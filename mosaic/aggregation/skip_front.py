@@ -16,8 +16,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mosaic.agents.reliability import SKIP_FEATURE_NAMES, Reliability, SkipModel, skip_features
-from mosaic.agents.thresholds import DEFAULT_TOLERANCE
+from mosaic.aggregation.reliability import SKIP_FEATURE_NAMES, Reliability, SkipModel, skip_features
+from mosaic.aggregation.thresholds import DEFAULT_TOLERANCE
 from mosaic.core.errors import WorkloadError
 from mosaic.core.types import Query
 

@@ -1,6 +1,6 @@
 """Skip policies for the aggregation stage: a fixed confidence threshold, and a hook for learned policies.
 
-Registered in :data:`mosaic.agents.registry.AGGREGATION_POLICIES` on import:
+Registered in :data:`mosaic.aggregation.registry.AGGREGATION_POLICIES` on import:
 ``always`` (never skip), ``threshold`` (:class:`FixedThreshold`), ``learned`` (:class:`LearnedThresholdPolicy`),
 ``calibrated`` (:class:`CalibratedSkip`, a fitted reliability model) and ``load-aware`` (:class:`LoadAwareThreshold`,
 the aggregator's queue and the query's wait at run time).
@@ -16,15 +16,15 @@ from typing import Any
 
 import numpy as np
 
-from mosaic.agents.registry import AGGREGATION_POLICIES
-from mosaic.agents.reliability import SkipModel as ReliabilitySkipModel
-from mosaic.core.aggregation import (
+from mosaic.aggregation.interface import (
     SKIP_TOLERANCE,
     AggregationPolicy,
     AlwaysAggregate,
     LoadProbe,
     ThresholdPolicy,
 )
+from mosaic.aggregation.registry import AGGREGATION_POLICIES
+from mosaic.aggregation.reliability import SkipModel as ReliabilitySkipModel
 from mosaic.core.errors import ConfigError, WorkloadError
 from mosaic.core.types import ExpertKind, Query
 
@@ -152,7 +152,7 @@ class LoadAwareThreshold(FixedThreshold):
 
 class CalibratedSkip(AggregationPolicy):
     """Skip when the expected accuracy a skip loses, P(aggregator correct) - P(majority correct) of a
-    :class:`~mosaic.agents.reliability.SkipModel` fitted on calibration questions, is at most ``max_loss``."""
+    :class:`~mosaic.aggregation.reliability.SkipModel` fitted on calibration questions, is at most ``max_loss``."""
 
     name = "calibrated"
 

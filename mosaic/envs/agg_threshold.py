@@ -8,7 +8,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from mosaic.agents.thresholds import FEATURE_NAMES
+from mosaic.aggregation.thresholds import FEATURE_NAMES
 from mosaic.core.errors import ConfigError
 from mosaic.envs.skip_tables import FEATURE_HIGH, SkipTable
 
@@ -31,8 +31,8 @@ class AggThresholdEnv(gym.Env[np.ndarray, int]):
 
     ## Observation Space
 
-    ``Box(0, high, (9,), float32)``: :func:`mosaic.agents.thresholds.features` of the query, in
-    :data:`~mosaic.agents.thresholds.FEATURE_NAMES` order (confidence, k, margin, distinct-answer share, no-answer
+    ``Box(0, high, (9,), float32)``: :func:`mosaic.aggregation.thresholds.features` of the query, in
+    :data:`~mosaic.aggregation.thresholds.FEATURE_NAMES` order (confidence, k, margin, distinct-answer share, no-answer
     share, reasoning-expert share, log1p predicted aggregator seconds, log1p prompt tokens, number of choices),
     clipped into the box.
 

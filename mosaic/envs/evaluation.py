@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from mosaic.agents.thresholds import DEFAULT_TOLERANCE
+from mosaic.aggregation.thresholds import DEFAULT_TOLERANCE
 from mosaic.core.trace import EXPERT_STAGE, TraceWriter
 from mosaic.core.types import Plan
 from mosaic.envs.policies import Policy, heuristic, rollout
@@ -145,7 +145,7 @@ class ThresholdRow:
 
 
 def fixed_skips(table: SkipTable, threshold: float) -> np.ndarray:
-    """What :class:`~mosaic.agents.thresholds.FixedThreshold` decides on every row (T > 1: never skip)."""
+    """What :class:`~mosaic.aggregation.thresholds.FixedThreshold` decides on every row (T > 1: never skip)."""
     return table.confidence >= threshold - DEFAULT_TOLERANCE
 
 

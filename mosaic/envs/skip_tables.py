@@ -12,8 +12,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from mosaic.agents.thresholds import FEATURE_HIGH, FEATURE_NAMES, features
-from mosaic.core.aggregation import confidence
+from mosaic.aggregation.interface import confidence
+from mosaic.aggregation.thresholds import FEATURE_HIGH, FEATURE_NAMES, features
 from mosaic.core.errors import WorkloadError
 from mosaic.core.trace import AGGREGATION_STAGE, TraceWriter
 from mosaic.core.types import Cluster, Expert, ExpertKind, Responses, Workload

@@ -12,12 +12,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from mosaic.agents.thresholds import make_aggregation_policy
+from mosaic.aggregation.interface import AggregationPolicy
+from mosaic.aggregation.thresholds import make_aggregation_policy
 from mosaic.core.config import RunConfig, load_config
 from mosaic.core.errors import ConfigError
 from mosaic.pipeline import Experiment, plan_scheduler, prepare, run_scheduler
 from mosaic.report.metrics import mean_ci, speedup
-from mosaic.runtime.aggregation import AggregationPolicy
 
 WORKLOADS = ("mmlu_pro", "medmcqa", "gpqa")
 SCHEDULERS = ("round-robin", "data-parallel", "mosaic-ilp")

@@ -3,8 +3,8 @@
 Importing this package registers the ``'sim'`` backend in :data:`mosaic.runtime.registry.BACKENDS`.
 """
 
+from mosaic.aggregation.interface import AggregationPolicy, AlwaysAggregate, ThresholdPolicy, confidence
 from mosaic.runtime import ray_backend, vllm_backend  # noqa: F401  (register 'vllm', 'ray'; vLLM/Ray load lazily)
-from mosaic.runtime.aggregation import AggregationPolicy, AlwaysAggregate, ThresholdPolicy, confidence
 from mosaic.runtime.executor import AGGREGATOR_TEMPLATE_TOKENS, Executor, RunResult, aggregation_workload
 from mosaic.runtime.interface import Backend, StageResult
 from mosaic.runtime.registry import BACKENDS

@@ -15,11 +15,11 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mosaic.agents.pipelined import AggregateOnRelease
+from mosaic.aggregation.interface import AggregationPolicy, AlwaysAggregate, confidence
 from mosaic.core.errors import ConfigError
 from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, AggregationRecord, TraceWriter
 from mosaic.core.types import Cluster, Plan, Query, Response, Responses, Workload
 from mosaic.predictors.interface import CostModel
-from mosaic.runtime.aggregation import AggregationPolicy, AlwaysAggregate, confidence
 from mosaic.runtime.interface import Backend, StageResult
 from mosaic.runtime.overlap import Releases, combined_workload
 

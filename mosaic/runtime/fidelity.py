@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mosaic.agents.interface import Scheduler
-from mosaic.core.aggregation import AggregationPolicy
+from mosaic.aggregation.interface import AggregationPolicy
 from mosaic.core.trace import AGGREGATION_STAGE, EXPERT_STAGE, Record, RequestRecord, TraceWriter
 from mosaic.core.types import Cluster, Plan, Response, Responses, Workload
 from mosaic.predictors.interface import CostModel

@@ -26,10 +26,10 @@ from pathlib import Path
 from typing import Any
 
 from mosaic.agents.policy import PlanReplay, Policy
-from mosaic.core.answers import extract_choice, extract_number, normalize_number
+from mosaic.aggregation.answers import extract_choice, extract_number, normalize_number
+from mosaic.aggregation.prompts import CHOICE_FORMAT, NUMERIC_FORMAT, build_aggregator_prompt
 from mosaic.core.config import RunConfig
 from mosaic.core.errors import MosaicError
-from mosaic.core.prompts import CHOICE_FORMAT, NUMERIC_FORMAT, build_aggregator_prompt
 from mosaic.core.trace import AGGREGATION_STAGE, LoadRecord, RequestRecord, TraceWriter, finished_requests, read_trace
 from mosaic.core.types import Cluster, Plan, Query, Response, Responses, Workload
 from mosaic.predictors.interface import CostModel

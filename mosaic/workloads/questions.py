@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mosaic.aggregation.prompts import estimate_tokens
 from mosaic.core.errors import WorkloadError
-from mosaic.core.prompts import estimate_tokens
 from mosaic.core.types import Query
 
 TEXT_KEYS = ("question", "text", "prompt", "query", "input")

@@ -2,7 +2,7 @@
 
 The CSVs (``../shared/data/routerbench``, see its README) hold, per question, each model's raw response (a
 Python-list-like string), its correctness (1.0/0.0, graded by RouterBench) and its API cost. Correctness is taken
-from the file as is; the extracted answer is ours (:mod:`mosaic.core.answers`).
+from the file as is; the extracted answer is ours (:mod:`mosaic.aggregation.answers`).
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mosaic.core.answers import AnswerKind, extract_answer, unwrap_list_string
+from mosaic.aggregation.answers import AnswerKind, extract_answer, unwrap_list_string
+from mosaic.aggregation.prompts import estimate_tokens
 from mosaic.core.errors import WorkloadError
-from mosaic.core.prompts import estimate_tokens
 from mosaic.core.types import Query, Response, Responses
 
 MODELS: tuple[str, ...] = (

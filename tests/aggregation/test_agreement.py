@@ -7,8 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mosaic.core.errors import ConfigError, WorkloadError
-from mosaic.runtime.agreement import (
+from mosaic.aggregation.agreement import (
     CharNgramEmbedder,
     EmbeddingAgreement,
     ExactMatchAgreement,
@@ -18,7 +17,8 @@ from mosaic.runtime.agreement import (
     make_embedder,
     minilm_available,
 )
-from mosaic.runtime.answers import AnswerKind, normalize_code
+from mosaic.aggregation.answers import AnswerKind, normalize_code
+from mosaic.core.errors import ConfigError, WorkloadError
 
 ADD = "```python\ndef add(a, b):\n    return a + b\n```"
 ADD2 = "Sure! Here it is:\n```python\ndef add(a, b):\n    # sum of both\n    return (a + b)\n```\nIt adds a and b."

@@ -6,8 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mosaic.core.errors import WorkloadError
-from mosaic.runtime.answers import (
+from mosaic.aggregation.answers import (
     LETTERS,
     AnswerKind,
     extract_answer,
@@ -19,6 +18,7 @@ from mosaic.runtime.answers import (
     normalize_number,
     unwrap_list_string,
 )
+from mosaic.core.errors import WorkloadError
 
 
 @pytest.mark.parametrize(

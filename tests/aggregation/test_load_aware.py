@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mosaic.agents.reliability import Reliability, SkipModel, skip_features
-from mosaic.agents.thresholds import CalibratedSkip, FixedThreshold, LoadAwareThreshold, make_aggregation_policy
-from mosaic.core.aggregation import AggregationPolicy, Load, LoadProbe
+from mosaic.aggregation.interface import AggregationPolicy, Load, LoadProbe
+from mosaic.aggregation.reliability import Reliability, SkipModel, skip_features
+from mosaic.aggregation.thresholds import CalibratedSkip, FixedThreshold, LoadAwareThreshold, make_aggregation_policy
 from mosaic.core.config import load_config
 from mosaic.core.errors import ConfigError
 from mosaic.core.types import Query

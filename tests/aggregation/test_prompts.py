@@ -6,8 +6,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from mosaic.aggregation.prompts import CHOICE_FORMAT, MOA_SYSTEM_PROMPT, build_aggregator_prompt, estimate_tokens
 from mosaic.core.errors import WorkloadError
-from mosaic.runtime.prompts import CHOICE_FORMAT, MOA_SYSTEM_PROMPT, build_aggregator_prompt, estimate_tokens
 
 
 def test_prompt_numbers_every_response_in_order() -> None:

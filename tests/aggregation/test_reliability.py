@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mosaic.agents.reliability import (
+from mosaic.aggregation.reliability import (
     Logistic,
     Reliability,
     SkipModel,
@@ -16,7 +16,7 @@ from mosaic.agents.reliability import (
     skip_feature_names,
     skip_features,
 )
-from mosaic.agents.skip_front import (
+from mosaic.aggregation.skip_front import (
     Questions,
     compare,
     cut_for_accuracy,

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from mosaic.aggregation.answers import AnswerKind
 from mosaic.core.errors import WorkloadError
-from mosaic.runtime.answers import AnswerKind
 from mosaic.workloads.routerbench import MODELS, default_data_dir, derive_gold, load_routerbench, parse_prompt
 
 

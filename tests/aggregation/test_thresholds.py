@@ -7,8 +7,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mosaic.agents.registry import AGGREGATION_POLICIES
-from mosaic.agents.thresholds import (
+from mosaic.aggregation.interface import AlwaysAggregate, ThresholdPolicy
+from mosaic.aggregation.registry import AGGREGATION_POLICIES
+from mosaic.aggregation.thresholds import (
     FEATURE_NAMES,
     FixedThreshold,
     LearnedThresholdPolicy,
@@ -17,7 +18,6 @@ from mosaic.agents.thresholds import (
 )
 from mosaic.core.errors import ConfigError, RegistryError, WorkloadError
 from mosaic.core.types import ExpertKind, Query
-from mosaic.runtime.aggregation import AlwaysAggregate, ThresholdPolicy
 
 Q = Query(0, "What?", choices=("a", "b", "c", "d"), prompt_tokens=63)
 

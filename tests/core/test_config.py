@@ -90,7 +90,7 @@ def test_registry_names_are_checked_against_the_registries(override, field, vali
 
 
 def test_aggregation_mode_selects_any_registered_policy_with_its_options():
-    from mosaic.agents.thresholds import LoadAwareThreshold
+    from mosaic.aggregation.thresholds import LoadAwareThreshold
     from mosaic.pipeline import aggregation_policy, prepare
 
     base = ["workload.preset=gpqa", "workload.num_queries=20", "tracking.mode=disabled"]

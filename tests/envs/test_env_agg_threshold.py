@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from mosaic.agents.thresholds import FixedThreshold
+from mosaic.aggregation.thresholds import FixedThreshold
 from mosaic.core.errors import ConfigError, WorkloadError
 from mosaic.core.trace import TraceWriter
 from mosaic.envs.agg_threshold import AGGREGATE, SKIP, AggThresholdEnv

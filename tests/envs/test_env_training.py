@@ -12,7 +12,7 @@ import pytest
 
 from mosaic.agents import SCHEDULERS, make_scheduler
 from mosaic.agents.rl import RLRescheduleScheduler, load_agent, rl_threshold_policy
-from mosaic.agents.thresholds import LearnedThresholdPolicy
+from mosaic.aggregation.thresholds import LearnedThresholdPolicy
 from mosaic.core.config import TrackingCfg, load_config
 from mosaic.core.errors import ConfigError
 from mosaic.core.types import Cluster
