@@ -6,16 +6,13 @@ import json
 from collections.abc import Sequence
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from mosaic.agents.bounds import true_lower_bound
 from mosaic.core.config import TrackingCfg
 from mosaic.pipeline import Experiment
-from mosaic.report.gantt import plot_gantt
+from mosaic.report.gantt import plot_gantt  # also selects the Agg backend
 from mosaic.report.table import PAPER_FIGURES
 from mosaic.report.tracking import log_run
 from mosaic.reproduce.page import Page, wandb_tables, write_page
