@@ -2,8 +2,9 @@
 
 Registered in :data:`mosaic.aggregation.registry.AGGREGATION_POLICIES` on import:
 ``always`` (never skip), ``threshold`` (:class:`FixedThreshold`), ``learned`` (:class:`LearnedThresholdPolicy`),
-``calibrated`` (:class:`CalibratedSkip`, a fitted reliability model) and ``load-aware`` (:class:`LoadAwareThreshold`,
-the aggregator's queue and the query's wait at run time).
+``calibrated`` (:class:`CalibratedSkip`, a fitted reliability model), ``load-aware`` (:class:`LoadAwareThreshold`,
+the aggregator's queue and the query's wait at run time) and ``load-ladder`` (:class:`BacklogLadder`, from always
+to T = 1 to 2/3 as that queue grows).
 :func:`features` is the observation shared with learned (RL) skip policies: one fixed-length float32 vector.
 """
 
@@ -150,6 +151,45 @@ class LoadAwareThreshold(FixedThreshold):
                 f"{self.backlog_s:g} s/worker or waited {self.slo_s:g} s)")  # fmt: skip
 
 
+class BacklogLadder(AggregationPolicy):
+    """Skip the aggregator less the emptier its queue: never while its backlog per worker is below
+    ``unanimous_s`` predicted seconds, at T = 1 (unanimous votes) from there, and at T = ``busy_threshold`` (2/3:
+    also 2:1 votes) from ``busy_s``; a query that has already waited ``slo_s`` seconds since it arrived is decided
+    at ``busy_threshold`` whatever the backlog. Without a load probe (a stage barrier) the backlog reads 0, so the
+    rule never skips, i.e. it is "always" there. ``unanimous_s <= busy_s``; ``math.inf`` switches a rung off."""
+
+    name = "load-ladder"
+
+    def __init__(self, unanimous_s: float = 0.0, busy_s: float = math.inf, busy_threshold: float = 0.67,
+                 slo_s: float = math.inf, tolerance: float = DEFAULT_TOLERANCE) -> None:  # fmt: skip
+        if not (0 <= unanimous_s <= busy_s and slo_s > 0):
+            raise ConfigError(f"load ladder: need 0 <= unanimous_s <= busy_s and slo_s > 0, got {unanimous_s}, "
+                              f"{busy_s}, {slo_s}")  # fmt: skip
+        self.unanimous = FixedThreshold(1.0, tolerance)
+        self.busy = FixedThreshold(busy_threshold, tolerance)
+        self.unanimous_s, self.busy_s, self.slo_s = float(unanimous_s), float(busy_s), float(slo_s)
+        self.probe: LoadProbe | None = None
+
+    def watch(self, probe: LoadProbe | None) -> None:
+        self.probe = probe
+
+    def rung(self, query: Query) -> FixedThreshold | None:
+        """The threshold in force for ``query`` now (None: aggregate whatever the vote)."""
+        load = self.probe() if self.probe is not None else None
+        backlog = load.backlog_s if load is not None else 0.0
+        if backlog >= self.busy_s or (load is not None and load.now - query.arrival >= self.slo_s):
+            return self.busy
+        return self.unanimous if backlog >= self.unanimous_s else None
+
+    def decide(self, query: Query, answers: Sequence[str | None], confidence: float) -> bool:
+        rung = self.rung(query)
+        return rung is not None and rung.decide(query, answers, confidence)
+
+    def __repr__(self) -> str:
+        return (f"BacklogLadder(T=1 from {self.unanimous_s:g} s/worker, T={self.busy.threshold:g} from "
+                f"{self.busy_s:g} s/worker or waited {self.slo_s:g} s)")  # fmt: skip
+
+
 class CalibratedSkip(AggregationPolicy):
     """Skip when the expected accuracy a skip loses, P(aggregator correct) - P(majority correct) of a
     :class:`~mosaic.aggregation.reliability.SkipModel` fitted on calibration questions, is at most ``max_loss``."""
@@ -214,6 +254,8 @@ AGGREGATION_POLICIES.register("calibrated", "skip when a calibrated model's expe
 )
 AGGREGATION_POLICIES.register("load-aware", "skip at a lower T while the aggregator queue is long or the query "
                               "has waited its SLO (runtime.barrier: false)")(LoadAwareThreshold)  # fmt: skip
+AGGREGATION_POLICIES.register("load-ladder", "never skip while the aggregator queue is short, T = 1 once it builds, "
+                              "2/3 under a long backlog (runtime.barrier: false)")(BacklogLadder)  # fmt: skip
 
 
 def make_aggregation_policy(name: str, **kwargs: Any) -> AggregationPolicy:

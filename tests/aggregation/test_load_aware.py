@@ -1,23 +1,33 @@
-"""Load-aware skip decisions: the no-barrier loop's load probe, the load-aware rule, the calibrated policy."""
+"""Load-aware skip decisions: the no-barrier loop's load probe, the load-aware and ladder rules, the calibrated
+policy, and experiments/online_aggregation.py's capacity, margin and verdict helpers."""
 
 from __future__ import annotations
 
+import importlib.util
 import itertools
 import math
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mosaic.aggregation.interface import AggregationPolicy, Load, LoadProbe
+from mosaic.aggregation.interface import AggregationPolicy, AlwaysAggregate, Load, LoadProbe
 from mosaic.aggregation.reliability import Reliability, SkipModel, skip_features
-from mosaic.aggregation.thresholds import CalibratedSkip, FixedThreshold, LoadAwareThreshold, make_aggregation_policy
+from mosaic.aggregation.thresholds import (
+    BacklogLadder,
+    CalibratedSkip,
+    FixedThreshold,
+    LoadAwareThreshold,
+    make_aggregation_policy,
+)
 from mosaic.core.config import load_config
 from mosaic.core.errors import ConfigError
 from mosaic.core.types import Query
 from mosaic.pipeline import plan_scheduler, prepare, run_scheduler
 
+SCRIPT = Path(__file__).resolve().parents[2] / "experiments" / "online_aggregation.py"
 Q = Query(0, "Which?", choices=("a", "b", "c", "d"), arrival=10.0)
 
 
@@ -109,3 +119,75 @@ def test_calibrated_policy_skips_where_the_model_expects_no_loss(tmp_path: Path)
     assert policy.decide(Q, ["A", "A", "A"], 1.0) and not policy.decide(Q, ["B", "A", "A"], 2 / 3)
     with pytest.raises(ConfigError, match="max_loss"):
         CalibratedSkip(policy.model, max_loss=3.0)
+
+
+def test_load_ladder_rungs_on_a_given_load() -> None:
+    ladder = BacklogLadder(unanimous_s=10.0, busy_s=40.0, slo_s=100.0)
+    assert not ladder.decide(Q, [], 1.0)  # no load known: backlog 0, below the first rung: never skip
+    load = {"v": Load(50.0, 1, 10.0, 2)}  # 5 s per worker, waited 40 s
+    ladder.watch(lambda: load["v"])
+    assert not ladder.decide(Q, [], 1.0)
+    load["v"] = Load(50.0, 2, 20.0, 2)  # 10 s per worker: T = 1
+    assert ladder.decide(Q, [], 1.0) and not ladder.decide(Q, [], 2 / 3)
+    load["v"] = Load(50.0, 8, 80.0, 2)  # 40 s per worker: T = 2/3
+    assert ladder.decide(Q, [], 2 / 3) and not ladder.decide(Q, [], 1 / 3)
+    load["v"] = Load(110.0, 0, 0.0, 2)  # empty queue but waited 100 s: T = 2/3
+    assert ladder.decide(Q, [], 2 / 3)
+    with pytest.raises(ConfigError, match="unanimous_s <= busy_s"):
+        BacklogLadder(unanimous_s=50.0, busy_s=10.0)
+    assert isinstance(make_aggregation_policy("load-ladder", unanimous_s=5.0), BacklogLadder)
+
+
+def test_load_ladder_between_always_and_its_thresholds_in_a_run() -> None:
+    exp = _exp(rate=2.0)
+    t1, t23 = _decisions(exp, FixedThreshold(1.0)), _decisions(exp, FixedThreshold(0.67))
+    assert _decisions(exp, BacklogLadder(math.inf, math.inf)) == [False] * 80  # never a rung: always
+    assert _decisions(exp, BacklogLadder(0.0, math.inf)) == t1
+    assert _decisions(exp, BacklogLadder(0.0, 0.0)) == t23
+    d = _decisions(exp, BacklogLadder(2.0, 20.0))
+    assert all(b <= c for b, c in zip(d, t23, strict=True)) and 0 < sum(d) < sum(t23)
+    assert _decisions(_exp(barrier=True, rate=2.0), BacklogLadder(0.0, 0.0)) == t23  # backlog 0 >= 0: busy rung
+    assert _decisions(_exp(barrier=True, rate=2.0), BacklogLadder(1.0, 1.0)) == [False] * 80  # barrier: always
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("online_aggregation", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["online_aggregation"] = module  # dataclasses resolve their module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _row(acc: float, p99: float) -> dict:
+    return {"acc@0": acc, "p99": p99}
+
+
+def test_script_margin_and_verdict_by_hand() -> None:
+    s = _script()
+    runs = {"always": [_row(0.80, 1000.0)], "T=1": [_row(0.79, 900.0)], "T=2/3": [_row(0.75, 800.0)],
+            "T=1/3": [_row(0.75, 800.0)], "a": [_row(0.805, 780.0)], "b": [_row(0.79, 700.0)]}  # fmt: skip
+    assert s.margin(runs, "a", "acc@0") == pytest.approx(0.5)  # min(+0.5 pp, +2.5% of 800 s)
+    assert s.margin(runs, "b", "acc@0") == pytest.approx(-1.0)  # 1 pp below always
+    assert s.choose(runs, "acc@0") == "a"
+    assert s.verdict((0.01, 0.005), (-50.0, 20.0)) == "yes (CI)"
+    assert s.verdict((0.01, 0.02), (-50.0, 20.0)) == "on means"
+    assert s.verdict((-0.01, 0.02), (-50.0, 20.0)) == "within CI"
+    assert s.verdict((-0.01, 0.005), (-50.0, 20.0)) == "no"
+    assert s.verdict((0.01, 0.005), (30.0, 20.0)) == "no"
+
+
+def test_script_keep_up_by_hand() -> None:
+    s = _script()
+    arrivals = np.array([0.0, 1.0, 2.0, 3.0, 4.0])  # second half: (2, 4], queries 3 and 4 arrive in it
+    assert s.keep_up(arrivals, np.array([0.5, 1.5, 2.5, 3.5, 9.0])) == 1.0  # 2 answers in (2, 4]
+    assert s.keep_up(arrivals, np.array([0.5, 1.5, 5.0, 6.0, math.inf])) == 0.0  # none by the last arrival
+    assert s.keep_up(arrivals, np.array([0.5, 3.0, 3.5, 3.9, 4.0])) == 2.0  # backlog shrinking: > 1
+
+
+def test_script_accuracy_under_a_stronger_aggregator() -> None:
+    s, exp = _script(), _exp(n=40)
+    run = run_scheduler(exp, plan_scheduler(exp, "greedy-online", AlwaysAggregate()))
+    assert s.accuracy_under(exp, run, 0.0, 0) == pytest.approx(run.result.accuracy)
+    agg = exp.workload.aggregator.name
+    right = [exp.responses.table[(q.id, agg)].correct for q in exp.workload.queries]
+    assert s.accuracy_under(exp, run, 1.0, 0) == 1.0 > np.mean(right)  # every aggregator answer made right
