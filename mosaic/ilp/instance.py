@@ -91,7 +91,9 @@ class IlpInstance:
     unload: np.ndarray | None = None  # experts x types: teardown seconds (freeing it before another load)
     tokens: np.ndarray | None = None  # request id -> predicted output tokens
     footprint: np.ndarray | None = None  # request id -> prompt + predicted output tokens (its KV reservation)
-    engine: np.ndarray | None = None  # experts x types x (max_batch, KV capacity, 1 if KV is reserved, step base s)
+    engine: np.ndarray | None = None  # experts x types x (max batch, KV capacity, reserved?, step base s, prefill tps)
+    spawn_max: tuple[int, ...] | None = None  # expert -> most replicas polish may grow it to (a user's r_max, else
+    # the cluster or its requests: the R_max rule only keeps the MIP small); None: ``r_max``
 
     @property
     def n_buckets(self) -> int:
@@ -292,13 +294,13 @@ def _placement(
 
 def _engines(costs: CostModel, experts: Sequence[str], types: Sequence[str]) -> np.ndarray:
     """Experts x types x (max_batch, KV capacity tokens, 1 if the KV cache is reserved up front else 0, the step's
-    fixed seconds ``step_base_s``)."""
-    out = np.zeros((len(experts), len(types), 4))
+    fixed seconds ``step_base_s``, prefill tokens per second)."""
+    out = np.zeros((len(experts), len(types), 5))
     for e, name in enumerate(experts):
         for t, gpu in enumerate(types):
             mc = costs.model_cost(name, gpu)
             reserve = float(getattr(mc, "memory_mode", "reserve") == "reserve")
-            out[e, t] = (mc.max_batch, mc.kv_capacity_tokens, reserve, mc.step_base_s)
+            out[e, t] = (mc.max_batch, mc.kv_capacity_tokens, reserve, mc.step_base_s, mc.prefill_tps)
     return out
 
 
@@ -342,6 +344,7 @@ def build_instance(
     small = len(experts) * len(ids) <= opt.uncapped_pairs  # the rule limits model size; a small model needs no cap
     caps = replication_caps(experts, work, [0.0] * len(experts) if small else load.min(axis=1, initial=np.inf).tolist(),
                             demand, len(ids), opt.replication_ratio, opt.r_max)  # fmt: skip
+    spawn = replication_caps(experts, work, [0.0] * len(experts), demand, len(ids), opt.replication_ratio, opt.r_max)
     allowed.flags.writeable = False
     return IlpInstance(
         experts, ids, types, wtype, tuple(b_expert), tuple(b_ids), tuple(b_strag), _frozen(b_sec), _frozen(b_fix),
@@ -350,5 +353,5 @@ def build_instance(
         _frozen(fixed), _frozen(decode), _frozen(_caps(full, fixed, decode)), res, workload.aggregator.name,
         _frozen(np.array([[costs.unload_seconds(e, g) for g in types] for e in experts]).reshape(-1, len(types))),
         _frozen(tokens), _frozen(tokens + np.array([r.prompt_tokens for r in reqs], dtype=float)),
-        _frozen(_engines(costs, experts, types)),
+        _frozen(_engines(costs, experts, types)), spawn,
     )  # fmt: skip

@@ -15,7 +15,7 @@ import time
 
 import numpy as np
 
-from mosaic.ilp.batches import MAX_EXACT, reserve_steps
+from mosaic.ilp.batches import MAX_EXACT, PAGED_EXACT, paged_steps, reserve_steps
 from mosaic.ilp.instance import IlpInstance
 
 CANDIDATES = 3  # requests tried per (expert, worker): the slowest alone and the costliest at full batch
@@ -25,19 +25,24 @@ TOL = 1e-9
 
 
 def group_cost(inst: IlpInstance, t: int, ids: np.ndarray, e: int | None = None) -> float:
-    """Seconds of expert ``e``'s ``ids`` on GPU type ``t`` (no load): with reserved KV and a known engine
-    (``e`` given, at most ``MAX_EXACT`` requests) the simulator's exact step count in execution order (longest
-    first: :mod:`mosaic.ilp.batches`), else as ``CostModel.group_seconds`` prices them."""
+    """Seconds of expert ``e``'s ``ids`` on GPU type ``t`` (no load): with a known engine (``e`` given) the
+    simulator's step count in execution order (longest first: :mod:`mosaic.ilp.batches`; reserved KV: exact, up to
+    ``MAX_EXACT`` requests; paged: at token granularity, preemptions' recomputed prefill included, up to
+    ``PAGED_EXACT``), else as ``CostModel.group_seconds`` prices them."""
     if len(ids) == 0:
         return 0.0
     a, d, cap = inst.request_fixed[ids, t], inst.request_decode[ids, t], inst.request_cap[ids, t]
-    if e is not None and inst.engine is not None and inst.engine[e, t, 2] and len(ids) <= MAX_EXACT:
-        order = ids[np.lexsort((ids, -inst.request_seconds[ids, t]))]
-        o, base = inst.tokens[order], float(inst.engine[e, t, 3])
-        own = float((a + d).sum() - base * o.sum())  # each request alone, less its decode steps' fixed seconds
-        steps = reserve_steps(o, inst.footprint[order], int(inst.engine[e, t, 0]), float(inst.engine[e, t, 1]))
-        return own + base * steps
-    return float(a.sum()) + max(float((d / np.minimum(cap, len(ids))).sum()), float(d.max()))
+    closed = float(a.sum()) + max(float((d / np.minimum(cap, len(ids))).sum()), float(d.max()))
+    if e is None or inst.engine is None or len(ids) > (MAX_EXACT if inst.engine[e, t, 2] else PAGED_EXACT):
+        return closed
+    batch, capacity, reserved, base, tps = inst.engine[e, t]
+    order = ids[np.lexsort((ids, -inst.request_seconds[ids, t]))]
+    o = inst.tokens[order]
+    own = float((a + d).sum() - base * o.sum())  # each request alone, less its decode steps' fixed seconds
+    if reserved:
+        return own + base * reserve_steps(o, inst.footprint[order], int(batch), float(capacity))
+    counted = paged_steps(inst.footprint[order] - o, o, int(batch), float(capacity))
+    return closed if counted is None else own + base * counted[0] + counted[1] / tps
 
 
 class _State:
@@ -121,11 +126,13 @@ def _options(s: _State, w: int, e: int, ids: np.ndarray) -> list[tuple[int, np.n
 
 
 def _spawns(s: _State, w: int, e: int, ids: np.ndarray) -> list[tuple[int, np.ndarray, np.ndarray]]:
-    """A new replica, while ``e`` has fewer than its R_max: one of the group's slowest or costliest requests moved to
+    """A new replica, while ``e`` has fewer than its ``spawn_max`` (a user's r_max; past the R_max rule, which only
+    bounds the MIP's size, when workers sit idle): one of the group's slowest or costliest requests moved to
     one of the ``SPAWN_TARGETS`` least busy workers that do not serve ``e`` (paying its load there). Not on models of
     at most ``SPAWN_MIN_PAIRS`` expert x worker pairs: there the MIP decides replicas without an R_max rule, and a
     spawn priced by the closed form made paged plans slower (exhaustive test)."""
-    if len(ids) < 2 or s.inst.allowed.size <= SPAWN_MIN_PAIRS or sum(e in g for g in s.groups) >= s.inst.r_max[e]:
+    cap = (s.inst.spawn_max or s.inst.r_max)[e]
+    if len(ids) < 2 or s.inst.allowed.size <= SPAWN_MIN_PAIRS or sum(e in g for g in s.groups) >= cap:
         return []
     free = [v for v in np.argsort(s.busy, kind="stable").tolist() if v != w and e not in s.groups[v]]
     targets = [v for v in free if _fits(s, e, v)][:SPAWN_TARGETS]

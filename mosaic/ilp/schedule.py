@@ -194,7 +194,10 @@ def schedule(
         )
     else:
         raise IlpError(f"the MOSAIC ILP solver {result.solver} failed (status {result.status})")
-    plan, extracted = extract(scheduler, workload, inst, counts, result.bound, opt.aggregator_last, opt.polish_s)
+    polish_s = opt.polish_s
+    if limit is not None and polish_s > 0 and status != "optimal":  # the search ran short: polish gets the rest
+        polish_s = max(min(polish_s, 0.5 * limit), t0 + 0.95 * limit - time.perf_counter())  # 5%: extraction
+    plan, extracted = extract(scheduler, workload, inst, counts, result.bound, opt.aggregator_last, polish_s)
     stats |= extracted | {"ilp_warm_start": warm_name}
     stats |= _stats(inst, result, counts, status, warm_makespan, time.perf_counter() - t0)
     return IlpOutcome(replace(plan, stats=stats), stats)

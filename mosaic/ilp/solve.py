@@ -155,8 +155,11 @@ def _cbc_status(prob: pulp.LpProblem) -> str:
     return "not-solved" if prob.status == pulp.LpStatusNotSolved else "error"
 
 
+LP_SHARE = 0.3  # most of the MIP's time limit the separate LP relaxation may take
+
+
 def _solver(opt: SolveOptions, mip: bool, start: Mapping[str, float] | None) -> pulp.LpSolver:
-    limit = opt.time_limit_s if mip else None
+    limit = opt.time_limit_s
     if opt.solver == "highs":
         return _WarmHiGHS(start=start if mip else None, mip=mip, msg=opt.msg, timeLimit=limit,
                           gapRel=opt.gap_rel if mip else None, threads=opt.threads)  # fmt: skip
@@ -212,8 +215,9 @@ def solve(
     """
     opt = options or SolveOptions()
     lp_bound, lp_seconds, infeasible = (math.nan, 0.0, False)
-    if opt.lp_bound:
-        lp_bound, lp_seconds, infeasible = solve_lp_relaxation(prob, opt, tie_slack)
+    if opt.lp_bound:  # at most LP_SHARE of the budget: HiGHS solves the root LP again in the MIP search
+        lp_opt = opt if opt.time_limit_s is None else replace(opt, time_limit_s=LP_SHARE * opt.time_limit_s)
+        lp_bound, lp_seconds, infeasible = solve_lp_relaxation(prob, lp_opt, tie_slack)
     if infeasible:
         return SolveResult("infeasible", opt.solver, math.nan, math.nan, math.nan, 0.0, lp_seconds, 0, "lp")
     if start is not None and _within_gap(start_makespan, lp_bound, opt.gap_rel):
