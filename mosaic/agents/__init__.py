@@ -21,6 +21,7 @@ from mosaic.agents.online import GreedyOnline, GreedyOnlineScheduler
 from mosaic.agents.registry import SCHEDULERS, make_scheduler
 from mosaic.agents.replanning import Replanning, ReplanningScheduler
 from mosaic.agents.rl import RLRescheduleScheduler, load_agent, rl_threshold_policy  # torch/SB3 imported lazily
+from mosaic.agents.robust_ilp import RobustIlpScheduler, RobustIlpStealingScheduler
 from mosaic.agents.round_robin import RoundRobinScheduler
 from mosaic.agents.sequential import SequentialScheduler
 from mosaic.agents.stealing import StealingScheduler, WorkStealing
@@ -37,6 +38,8 @@ __all__ = [
     "RLRescheduleScheduler",
     "Replanning",
     "ReplanningScheduler",
+    "RobustIlpScheduler",
+    "RobustIlpStealingScheduler",
     "RoundRobinScheduler",
     "Scheduler",
     "SequentialScheduler",
