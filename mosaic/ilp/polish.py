@@ -21,6 +21,7 @@ from mosaic.ilp.instance import IlpInstance
 CANDIDATES = 3  # requests tried per (expert, worker): the slowest alone and the costliest at full batch
 SPAWN_TARGETS = 3  # least busy workers tried for a new replica of a critical worker's expert
 SPAWN_MIN_PAIRS = 16  # no new replicas on models of at most this many expert x worker pairs
+PAGED_PAIRS = 16  # paged groups get the counted price only on models of at most this many expert x worker pairs
 TOL = 1e-9
 
 
@@ -28,12 +29,15 @@ def group_cost(inst: IlpInstance, t: int, ids: np.ndarray, e: int | None = None)
     """Seconds of expert ``e``'s ``ids`` on GPU type ``t`` (no load): with a known engine (``e`` given) the
     simulator's step count in execution order (longest first: :mod:`mosaic.ilp.batches`; reserved KV: exact, up to
     ``MAX_EXACT`` requests; paged: at token granularity, preemptions' recomputed prefill included, up to
-    ``PAGED_EXACT``), else as ``CostModel.group_seconds`` prices them."""
+    ``PAGED_EXACT`` requests on models of at most ``PAGED_PAIRS`` expert x worker pairs, where polish prices few
+    groups: a count is slow next to the closed form), else as ``CostModel.group_seconds`` prices them."""
     if len(ids) == 0:
         return 0.0
     a, d, cap = inst.request_fixed[ids, t], inst.request_decode[ids, t], inst.request_cap[ids, t]
     closed = float(a.sum()) + max(float((d / np.minimum(cap, len(ids))).sum()), float(d.max()))
-    if e is None or inst.engine is None or len(ids) > (MAX_EXACT if inst.engine[e, t, 2] else PAGED_EXACT):
+    if e is None or inst.engine is None:
+        return closed
+    if len(ids) > MAX_EXACT if inst.engine[e, t, 2] else (len(ids) > PAGED_EXACT or inst.allowed.size > PAGED_PAIRS):
         return closed
     batch, capacity, reserved, base, tps = inst.engine[e, t]
     order = ids[np.lexsort((ids, -inst.request_seconds[ids, t]))]
