@@ -6,7 +6,13 @@ For each config and seed: the true-length lower bound of the expert stage and it
 predictions (the per-expert means), with its gap to the bound and to the oracle. Then, over the seeds, each gap's
 mean and 95% interval. Expert stage only (the simulator's sim backend, the config's memory mode and step model).
 
+``--groups``: instead, per config (first seed) and expert, its whole group of requests run on one worker with the
+expert resident (longest first, the simulator) against the group's floor (``min_group_seconds`` with the true
+lengths, the term the work and replication bounds add up): how far the engine itself stays above the floor when
+there is nothing to schedule, and its preemptions.
+
     python experiments/plan_quality.py [--configs gpqa medmcqa mmlu_pro] [--seeds 0 1 2 3 4] [--set KEY=VALUE ...]
+    python experiments/plan_quality.py --groups
 """
 
 from __future__ import annotations
@@ -19,12 +25,16 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from mosaic.agents.bounds import true_costs
 from mosaic.core.config import load_config
 from mosaic.core.script_args import parse_dataclass_args
 from mosaic.core.trace import EXPERT_STAGE, TraceWriter
+from mosaic.core.types import requests_by_expert
 from mosaic.pipeline import plan_quality, plan_scheduler, prepare
 from mosaic.report.metrics import mean_ci
 from mosaic.runtime.registry import BACKENDS
+from mosaic.runtime.sim import SimBackend
+from mosaic.runtime.sim_worker import WorkerSim, discard
 
 ROOT = Path(__file__).resolve().parents[1]
 console = Console(width=None if sys.stdout.isatty() else 200)
@@ -37,6 +47,7 @@ class Args:
     schedulers: str = "mosaic-ilp,greedy-lpt,round-robin"  # simulated with the config's predictions
     set: tuple[str, ...] = ()  # config overrides KEY=VALUE
     out: str = "runs/plan_quality"  # results.json goes here
+    groups: bool = False  # per expert: its whole group on one worker vs its floor (see the module docstring)
 
 
 def expert_stage(exp, name: str) -> float:
@@ -86,8 +97,50 @@ def summary(rows: list[dict], names: list[str]) -> Table:
     return t
 
 
+def group_rows(config: str, seed: int, args: Args) -> list[dict]:
+    """Per expert of ``config``: its whole group on one worker (resident, longest first) vs its floor."""
+    cfg = load_config(ROOT / "experiments" / "configs" / f"{config}.yaml", [f"seed={seed}", *args.set])
+    exp = prepare(cfg)
+    true, gpu = true_costs(exp.workload, exp.responses, exp.costs), exp.cluster.workers[0].gpu_type
+    backend, reqs, rows = SimBackend(exp.responses, exp.costs), exp.workload.requests, []
+    for expert, ids in requests_by_expert(exp.workload).items():
+        length = {i: exp.responses.table[(reqs[i].query_id, expert)].output_tokens for i in ids}
+        sim = WorkerSim(0, backend.cost_of(gpu), resident=expert, emit=discard)
+        sim.enqueue(backend.sim_requests(exp.workload, tuple(sorted(ids, key=lambda i: -length[i]))))
+        seconds = sim.run_until_idle()
+        rows.append(
+            {
+                "config": config,
+                "expert": expert,
+                "requests": len(ids),
+                "sim_s": seconds,
+                "floor_s": true.min_group_seconds([reqs[i] for i in ids], gpu),
+                "preemptions": sim.preemptions,
+            }
+        )
+    return rows
+
+
+def group_table(rows: list[dict]) -> Table:
+    t = Table("config", "expert", "requests", "floor s", "one worker s", "over floor %", "preemptions",
+              title="each expert's whole group on one worker vs its floor")  # fmt: skip
+    for config in dict.fromkeys(r["config"] for r in rows):
+        mine = [r for r in rows if r["config"] == config]
+        for r in mine:
+            t.add_row(config, r["expert"], str(r["requests"]), f"{r['floor_s']:,.1f}", f"{r['sim_s']:,.1f}",
+                      f"{100 * (r['sim_s'] / r['floor_s'] - 1):.1f}", str(r["preemptions"]))  # fmt: skip
+        floor, sim = sum(r["floor_s"] for r in mine), sum(r["sim_s"] for r in mine)
+        t.add_row(config, "all", str(sum(r["requests"] for r in mine)), f"{floor:,.1f}", f"{sim:,.1f}",
+                  f"{100 * (sim / floor - 1):.1f}", str(sum(r["preemptions"] for r in mine)))  # fmt: skip
+    return t
+
+
 def main() -> None:
     args = parse_dataclass_args(Args, __doc__)
+    if args.groups:
+        rows = [r for config in args.configs for r in group_rows(config, args.seeds[0], args)]
+        console.print(group_table(rows))
+        return
     names = args.schedulers.split(",")
     rows = []
     for config in args.configs:
