@@ -70,6 +70,9 @@ class Args:
     backlogs: tuple[float, ...] = (30.0, 100.0, 300.0)  # load-aware backlog_s grid (s of aggregator work / worker)
     unanimous: tuple[float, ...] = (0.0, 10.0, 30.0, 100.0)  # ladder unanimous_s grid (T = 1 from this backlog)
     busy: tuple[float, ...] = (30.0, 100.0, 300.0, math.inf)  # ladder busy_s grid (T = 2/3 from this backlog)
+    ladders: tuple[str, ...] = ()  # more ladder settings "U,B,T,SLO": unanimous_s, busy_s, busy threshold, slo_s
+    capacity: float = 0.0  # sustained rate in queries/s (0: measure it by bisection, sustained_rate)
+    capacity_only: bool = False  # measure the sustained rate, write capacity.json under --out, and stop
     aggregator_fixes: tuple[float, ...] = (0.0, 0.3)  # shares of wrong aggregator answers made right (0: preset)
     set: tuple[str, ...] = ()  # config overrides KEY=VALUE
     out: str = "runs/online_aggregation"
@@ -92,11 +95,17 @@ def policies(args: Args) -> dict[str, AggregationPolicy]:
         for b in args.busy:
             if u < b and not (u == 0 and math.isinf(b)):  # (0, inf) is T = 1
                 out[ladder_name(u, b)] = BacklogLadder(u, b)
+    for spec in args.ladders:
+        u, b, t, slo = (float(x) for x in spec.split(","))
+        out[ladder_name(u, b, t, slo)] = BacklogLadder(u, b, t, slo)
     return out
 
 
-def ladder_name(unanimous: float, busy: float) -> str:
-    return f"ladder u={unanimous:g}" + ("" if math.isinf(busy) else f" b={busy:g}")
+def ladder_name(unanimous: float, busy: float, threshold: float = 0.67, slo: float = math.inf) -> str:
+    """E.g. ``ladder u=10 b=100``, ``ladder u=inf T=0.34 slo=1500`` (infinite busy / slo and T = 0.67 left out)."""
+    parts = [f"u={unanimous:g}", "" if math.isinf(busy) else f"b={busy:g}", "" if threshold == 0.67 else
+             f"T={threshold:g}", "" if math.isinf(slo) else f"slo={slo:g}"]  # fmt: skip
+    return " ".join(["ladder", *(p for p in parts if p)])
 
 
 def adaptive(names) -> list[str]:
@@ -247,7 +256,7 @@ def verdict(da: tuple[float, float], dp: tuple[float, float]) -> str:
 
 def run_all(args: Args, console: Console) -> dict:
     pols = policies(args)
-    cap = sustained_rate(args, console)
+    cap = {"rate": args.capacity, "offline": math.nan, "steps": []} if args.capacity else sustained_rate(args, console)
     console.print(f"sustained rate ({args.scheduler}, always): {cap['rate']:.4f} q/s (offline {cap['offline']:.3f})")
     doc: dict = {"args": asdict(args), "capacity": cap, "loads": {}}
     for load in args.loads:
@@ -348,6 +357,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_dataclass_args(Args, __doc__, argv)
     console = Console(width=220)
     _cfg(args, args.seeds[0], None)  # a bad config stops here
+    if args.capacity_only:
+        cap = sustained_rate(args, console)
+        console.print(
+            f"sustained rate ({args.scheduler}, always): {cap['rate']:.4f} q/s (offline {cap['offline']:.3f})"
+        )
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        (Path(args.out) / "capacity.json").write_text(json.dumps({"args": asdict(args), **cap}, indent=1))
+        return cap
     if args.results:  # the tuning runs are stored: the setting is chosen again, by today's rule
         doc = json.loads(Path(args.results).read_text(encoding="utf-8"))
         for d in doc["loads"].values():
