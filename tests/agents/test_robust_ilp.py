@@ -3,6 +3,11 @@ distribution provably beats planning on the means under the cost model."""
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -135,3 +140,22 @@ def test_registered_with_a_stealing_variant(toy):
     wl, costs, cluster, _ = split_instance(toy)
     plan = steal.plan(wl, costs, cluster, np.random.default_rng(0))
     assert isinstance(steal.runtime_policy(plan), WorkStealing)
+
+
+def test_the_robust_plan_script_runs_every_row_on_two_seeds(tmp_path):
+    """experiments/robust_plan.py as a subprocess on a small MMLU-Pro workload: every row, both seeds, the outputs."""
+    root = Path(__file__).resolve().parents[2]
+    out = tmp_path / "out"
+    args = ["--seeds", "0", "1", "--scenarios", "4", "--wandb", "disabled", "--out", str(out), "--set",
+            "workload.num_queries=60", "scheduler_options.mosaic-ilp.time_limit_s=2",
+            "scheduler_options.mosaic-ilp-robust.time_limit_s=2"]  # fmt: skip
+    proc = subprocess.run([sys.executable, str(root / "experiments" / "robust_plan.py"), *args], capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((out / "results.json").read_text())
+    assert len(data["makespans"]) == 11 and all(len(v) == 2 for v in data["makespans"].values())
+    rows = {r["row"]: r for r in data["rows"]}
+    share = rows["oracle (true lengths)"]["share"][0]
+    assert share == pytest.approx(1.0) or share != share  # NaN when the means already matched the oracle
+    assert rows["mosaic-ilp (means)"]["ratio"][0] == pytest.approx(1.0)
+    assert (out / "table.txt").is_file() and (out / "robust_plan.png").is_file()
