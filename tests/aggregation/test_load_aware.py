@@ -169,6 +169,8 @@ def test_script_margin_and_verdict_by_hand() -> None:
     assert s.margin(runs, "a", "acc@0") == pytest.approx(0.5)  # min(+0.5 pp, +2.5% of 800 s)
     assert s.margin(runs, "b", "acc@0") == pytest.approx(-1.0)  # 1 pp below always
     assert s.choose(runs, "acc@0") == "a"
+    assert s.ladder_name(math.inf, math.inf, 0.34, 1500.0) == "ladder u=inf T=0.34 slo=1500"
+    assert s.ladder_name(10.0, 100.0) == "ladder u=10 b=100"
     assert s.verdict((0.01, 0.005), (-50.0, 20.0)) == "yes (CI)"
     assert s.verdict((0.01, 0.02), (-50.0, 20.0)) == "on means"
     assert s.verdict((-0.01, 0.02), (-50.0, 20.0)) == "within CI"

@@ -115,5 +115,5 @@ def test_registry() -> None:
     t = make_aggregation_policy("threshold", threshold=0.67)
     assert isinstance(t, FixedThreshold) and t.decide(Q, [], 2 / 3)
     assert isinstance(make_aggregation_policy("learned", model=lambda obs: 1), LearnedThresholdPolicy)
-    with pytest.raises(RegistryError, match="valid: always, calibrated, learned, load-aware, threshold"):
+    with pytest.raises(RegistryError, match="valid: always, calibrated, learned, load-aware, load-ladder, threshold"):
         make_aggregation_policy("vote")
