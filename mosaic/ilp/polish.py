@@ -20,7 +20,8 @@ from mosaic.ilp.instance import IlpInstance
 
 CANDIDATES = 3  # requests tried per (expert, worker): the slowest alone and the costliest at full batch
 SPAWN_TARGETS = 3  # least busy workers tried for a new replica of a critical worker's expert
-SPAWN_MIN_PAIRS = 16  # no new replicas on models of at most this many expert x worker pairs
+SPAWN_MIN_PAIRS = 0  # no new replicas on models of at most this many expert x worker pairs
+MERGE_PAIRS = 16  # models of at most this many expert x worker pairs also try merges off the critical worker
 PAGED_PAIRS = 16  # paged groups get the counted price only on models of at most this many expert x worker pairs
 TOL = 1e-9
 
@@ -153,7 +154,24 @@ def _best_move(s: _State, w: int) -> tuple[float, tuple] | None:
         for v, new_mine, new_theirs in _options(s, w, e, ids):
             span = max(s.priced(w, e, new_mine), s.priced(v, e, new_theirs), _rest(s.busy, w, v))
             if span < s.busy[w] - TOL * max(s.busy[w], 1.0) and (best is None or span < best[0] - TOL):
-                best = (span, (e, v, new_mine, new_theirs))
+                best = (span, ((w, e, new_mine), (v, e, new_theirs)))
+    return best
+
+
+def _best_merge(s: _State) -> tuple[float, tuple] | None:
+    """Best merge of one expert's two groups on non-critical workers (the whole group of ``v`` onto ``u``, which
+    serves the expert too) that saves a load without raising the makespan: it frees a worker for the critical
+    one's next move (a new replica there), which no single move off the critical worker reaches. (saved, move)."""
+    span, crit, best = float(s.busy.max(initial=0.0)), int(np.argmax(s.busy)), None
+    empty = np.zeros(0, dtype=np.int64)
+    for v, groups in enumerate(s.groups):
+        for e, ids in sorted(groups.items()):
+            for u in (u for u in range(len(s.groups)) if v != crit and u not in (v, crit) and e in s.groups[u]):
+                merged = np.append(s.groups[u][e], ids)
+                after_u, after_v = s.priced(u, e, merged), s.priced(v, e, empty)
+                saved = float(s.busy[u] + s.busy[v] - after_u - after_v)
+                if after_u <= span * (1 - TOL) and saved > TOL * max(span, 1.0) and (best is None or saved > best[0]):
+                    best = (saved, ((u, e, merged), (v, e, empty)))
     return best
 
 
@@ -165,11 +183,12 @@ def polish(inst: IlpInstance, per_worker: list[dict[int, list[int]]], budget_s: 
     while time.perf_counter() < deadline and len(s.busy) > 1:
         w = int(np.argmax(s.busy))
         found = _best_move(s, w)
+        if found is None and inst.allowed.size <= MERGE_PAIRS:
+            found = _best_merge(s)
         if found is None:
             break
-        e, v, new_mine, new_theirs = found[1]
-        s.set(w, e, new_mine)
-        s.set(v, e, new_theirs)
+        for worker, e, ids in found[1]:  # the move: each changed group
+            s.set(worker, e, ids)
         moves += 1
     out = [{e: ids.tolist() for e, ids in g.items()} for g in s.groups]
     return out, moves, start - float(s.busy.max(initial=0.0))

@@ -22,6 +22,8 @@ from mosaic.ilp.solve import SolveOptions, SolveResult, solve
 from mosaic.ilp.wraparound import wraparound
 from mosaic.predictors.interface import CostModel
 
+RESTART_PAIRS = 16  # models of at most this many expert x worker pairs also polish the start, keeping the better
+
 Stats = dict[str, float | int | str]
 
 
@@ -198,6 +200,10 @@ def schedule(
     if limit is not None and polish_s > 0 and status != "optimal":  # the search ran short: polish gets the rest
         polish_s = max(min(polish_s, 0.5 * limit), t0 + 0.95 * limit - time.perf_counter())  # 5%: extraction
     plan, extracted = extract(scheduler, workload, inst, counts, result.bound, opt.aggregator_last, polish_s)
+    if warm is not None and inst.allowed.size <= RESTART_PAIRS and not np.array_equal(warm, counts):
+        alt, alt_stats = extract(scheduler, workload, inst, warm, result.bound, opt.aggregator_last, polish_s)
+        if alt.predicted_makespan < plan.predicted_makespan * (1 - 1e-9):  # polished from the start, priced lower
+            plan, extracted = alt, alt_stats | {"ilp_polish_start": warm_name}
     stats |= extracted | {"ilp_warm_start": warm_name}
     stats |= _stats(inst, result, counts, status, warm_makespan, time.perf_counter() - t0)
     return IlpOutcome(replace(plan, stats=stats), stats)

@@ -44,11 +44,12 @@ def check(found: list[tuple[str, float, str, float]], mean_limit: float, max_lim
 
 
 def test_ilp_near_the_exhaustive_optimum(small):
-    check(ratios(small, range(60)), 1.01, 1.15)
+    """The first 60: mean 1.0000, max 1.0010 today; the limits are the issue's targets."""
+    check(ratios(small, range(60)), 1.01, 1.05)
 
 
 @pytest.mark.slow
 def test_ilp_near_the_exhaustive_optimum_500(small):
-    """All 500; the issue's target max <= 1.05 is not met (measured 1.32: docs/plan_quality.md), the limit here is
-    what the ILP holds today, so a regression fails."""
-    check(ratios(small, range(500)), 1.005, 1.33)
+    """All 500; the issue's target max <= 1.05 is not met (measured 1.164, 8 above 1.01: docs/plan_quality.md), the
+    limits here are what the ILP holds today, so a regression fails."""
+    check(ratios(small, range(500)), 1.005, 1.17)
