@@ -8,9 +8,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
-from mosaic.aggregation.thresholds import FEATURE_NAMES
+from mosaic.aggregation.reliability import Reliability
 from mosaic.core.errors import ConfigError
-from mosaic.envs.skip_tables import FEATURE_HIGH, SkipTable
+from mosaic.envs.agg_features import check_features, feature_names, observation_bounds, observation_rows
+from mosaic.envs.skip_tables import SkipTable
 
 AGGREGATE, SKIP = 0, 1
 
@@ -34,7 +35,9 @@ class AggThresholdEnv(gym.Env[np.ndarray, int]):
     ``Box(0, high, (9,), float32)``: :func:`mosaic.aggregation.thresholds.features` of the query, in
     :data:`~mosaic.aggregation.thresholds.FEATURE_NAMES` order (confidence, k, margin, distinct-answer share, no-answer
     share, reasoning-expert share, log1p predicted aggregator seconds, log1p prompt tokens, number of choices),
-    clipped into the box.
+    clipped into the box. With ``features="reliability"``: ``Box(low, high, (20 + k,), float32)``, those 9 followed by
+    :func:`mosaic.aggregation.reliability.skip_features` (:func:`mosaic.envs.agg_features.feature_names`) under the
+    given ``reliability`` (fitted on the training split: :func:`mosaic.envs.agg_features.fit_reliability`).
 
     ## Rewards
 
@@ -53,7 +56,9 @@ class AggThresholdEnv(gym.Env[np.ndarray, int]):
     ## Arguments
 
     ``table`` (SkipTable; default: built from ``config``'s workload with :func:`mosaic.envs.instances`), ``config``,
-    ``lam`` (accuracy weight, default 4), ``episode_len`` (default 32), ``render_mode`` (``ansi``).
+    ``lam`` (accuracy weight, default 4), ``episode_len`` (default 32), ``features`` (``"agreement"``, default, or
+    ``"reliability"``), ``reliability`` (required by, and only allowed with, ``"reliability"``), ``render_mode``
+    (``ansi``).
     """
 
     metadata: ClassVar[dict[str, Any]] = {"render_modes": ["ansi"], "render_fps": 4}
@@ -65,12 +70,15 @@ class AggThresholdEnv(gym.Env[np.ndarray, int]):
         config: Any = None,
         lam: float = 4.0,
         episode_len: int = 32,
+        features: str = "agreement",
+        reliability: Reliability | None = None,
         render_mode: str | None = None,
     ) -> None:
         if not (np.isfinite(lam) and lam >= 0):
             raise ConfigError(f"agg threshold env: lam must be a finite number >= 0, got {lam!r}")
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ConfigError(f"agg threshold env: render_mode must be None or 'ansi', got {render_mode!r}")
+        check_features(features)
         if table is None:
             from mosaic.envs.instances import config_skip_table
 
@@ -81,13 +89,16 @@ class AggThresholdEnv(gym.Env[np.ndarray, int]):
             raise ConfigError(f"agg threshold env: episode_len must be >= 1, got {episode_len}")
         self.table, self.lam, self.render_mode = table, float(lam), render_mode
         self.episode_len = min(int(episode_len), len(table))
-        high = np.array([FEATURE_HIGH[n] for n in FEATURE_NAMES], dtype=np.float32)
-        self.observation_space = spaces.Box(np.zeros_like(high), high, dtype=np.float32)
+        self.features, self.reliability = features, reliability
+        self._obs_rows = observation_rows(table, features, reliability)  # row -> observation
+        k = len(reliability.experts) if reliability is not None else 0
+        self.feature_names = feature_names(features, k)
+        low, high = observation_bounds(features, k)
+        self.observation_space = spaces.Box(low, high, dtype=np.float32)
         self.action_space = spaces.Discrete(2)
         mean = float(table.saved_s.mean())
         self._saved = table.saved_s / mean if mean > 0 else np.ones(len(table))  # row -> time saved (mean units)
         self._loss = table.aggregator_correct.astype(float) - table.majority_correct.astype(float)  # row -> loss
-        self._obs_rows = np.clip(table.features, 0.0, high).astype(np.float32)
         self._rows = np.zeros(0, dtype=np.int64)
         self._t = 0
 
@@ -119,5 +130,5 @@ class AggThresholdEnv(gym.Env[np.ndarray, int]):
         if self.render_mode != "ansi" or self._rows.size == 0:
             return None
         row = int(self._rows[min(self._t, self.episode_len - 1)])
-        feats = ", ".join(f"{n}={v:.2f}" for n, v in zip(FEATURE_NAMES, self._obs_rows[row], strict=True))
+        feats = ", ".join(f"{n}={v:.2f}" for n, v in zip(self.feature_names, self._obs_rows[row], strict=True))
         return f"decision {self._t}/{self.episode_len}: query {self.table.query_ids[row]}: {feats}"
