@@ -15,7 +15,8 @@ With ``--features reliability`` the env observes the 9 agreement features and th
 the held-out table reports accuracy and skip rate with 95% bootstrap intervals for the fixed thresholds, the
 supervised :class:`~mosaic.aggregation.reliability.SkipModel` rules (fitted on the training half, cut chosen there
 out-of-fold) and each PPO policy, with each policy's accuracy gap to T = 1 and to the fixed-T front at its own skip
-rate (:func:`mosaic.aggregation.skip_front.compare`); written to ``reliability.csv`` and ``results.json``.
+rate (:func:`mosaic.aggregation.skip_front.compare`); a LinUCB contextual bandit (:mod:`mosaic.envs.bandit`, same
+env, same steps) per ``lam`` besides PPO; written to ``reliability.csv`` and ``results.json``.
 
 Run: ``python experiments/rl_thresholds.py --out runs/rl_thresholds`` (default budget: under 10 minutes on 2 cores)
 """
@@ -39,6 +40,8 @@ from mosaic.core.config import TrackingCfg, load_config
 from mosaic.core.errors import ConfigError
 from mosaic.core.script_args import parse_dataclass_args
 from mosaic.envs.agg_features import FEATURE_SETS, fit_reliability, observation_rows, table_questions
+from mosaic.envs.agg_threshold import AggThresholdEnv
+from mosaic.envs.bandit import LinUCBOptions, train_linucb
 from mosaic.envs.commands import threshold_table
 from mosaic.envs.evaluation import FIXED_THRESHOLDS, compare_thresholds, front_gap, pareto_png
 from mosaic.envs.training import TrainOptions, threshold_tables, train
@@ -156,7 +159,7 @@ def reliability_main(args: Args, cfg, opts: TrainOptions, tables: tuple, console
     learned, runs = train_policies(args, cfg, opts, rel, tables, console)
     for name, (train_skip, skip) in learned.items():
         policies[name] = skip
-        if "reliability" in name:  # the supervised rule at the skip rate this agent has on the training half
+        if name.startswith("PPO reliability"):  # the supervised rule at this agent's skip rate on the training half
             rate = float(train_skip.mean())
             oof, scores = rule_scores("expected loss", cal, ev, args.folds, np.random.default_rng(args.seed))
             policies[f"SkipModel expected loss @{name} train skip"] = scores <= cut_for_rate(oof, rate)
@@ -175,22 +178,30 @@ def reliability_main(args: Args, cfg, opts: TrainOptions, tables: tuple, console
 
 
 def train_policies(args: Args, cfg, opts: TrainOptions, rel, tables: tuple, console: Console) -> tuple[dict, list]:
-    """Per ``lam`` and feature set, the final PPO model's skips on (training half, held-out half)."""
+    """Per ``lam``: the final PPO model on each feature set and a LinUCB bandit on the reliability features, each
+    as its skips on (training half, held-out half)."""
     learned, runs, t0 = {}, [], time.perf_counter()
     for lam in args.lams:
+        if time.perf_counter() - t0 > args.budget_s:
+            console.print(f"[yellow]budget of {args.budget_s:.0f} s spent: lam={lam:g} not trained[/yellow]")
+            continue
         for feats in ("agreement", "reliability"):
-            if time.perf_counter() - t0 > args.budget_s:
-                console.print(f"[yellow]budget of {args.budget_s:.0f} s spent: lam={lam:g} {feats} not trained")
-                continue
             r = rel if feats == "reliability" else None
             env = {**opts.env, "lam": lam, "features": feats, **({"reliability": r} if r else {})}
             result = train(cfg, dataclasses.replace(opts, out_dir=Path(args.out) / f"lam{lam:g}_{feats}", env=env))
             agent = load_agent(result.model_path, "threshold")  # the final model: held-out data never selects it
             learned[f"PPO {feats} lam={lam:g}"] = tuple(agent.act_batch(observation_rows(t, feats, r)).astype(int) == 1
                                                         for t in tables)  # fmt: skip
-            runs.append({"lam": lam, "features": feats, "train_seconds": result.seconds,
-                         "model": str(result.model_path)})  # fmt: skip
-            console.print(f"lam={lam:g} {feats}: {args.timesteps} steps in {result.seconds:.1f} s")
+            runs.append({"lam": lam, "agent": f"ppo-{feats}", "train_seconds": result.seconds})
+            console.print(f"lam={lam:g} PPO {feats}: {args.timesteps} steps in {result.seconds:.1f} s")
+        t1 = time.perf_counter()
+        env = AggThresholdEnv(tables[0], lam=lam, episode_len=args.episode_len, features="reliability",
+                              reliability=rel)  # fmt: skip
+        bandit = train_linucb(env, LinUCBOptions(timesteps=args.timesteps, seed=args.seed))
+        learned[f"LinUCB reliability lam={lam:g}"] = tuple(
+            bandit.skip_batch(observation_rows(t, "reliability", rel)) for t in tables
+        )
+        runs.append({"lam": lam, "agent": "linucb-reliability", "train_seconds": time.perf_counter() - t1})
     return learned, runs
 
 

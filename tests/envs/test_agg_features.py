@@ -16,6 +16,7 @@ from mosaic.core.errors import ConfigError
 from mosaic.core.types import Cluster, Query, Response, Responses
 from mosaic.envs.agg_features import feature_names, fit_reliability, observation_rows, table_questions
 from mosaic.envs.agg_threshold import AggThresholdEnv
+from mosaic.envs.bandit import LinUCBOptions, train_linucb
 from mosaic.envs.skip_tables import routerbench_instance, skip_table
 
 EXPERTS = ("org/a-7b", "org/b-7b", "org/c-7b")
@@ -94,6 +95,18 @@ def test_questions_match_the_table(table) -> None:
     assert q.majority_correct.tolist() == table.majority_correct.tolist() == [True, False, False]
 
 
+def test_linucb_learns_which_rows_to_skip(table) -> None:
+    """Row 0's majority is right (skip earns the saved time); rows 1-2 lose a right answer (1 - 10 < 0)."""
+    rel = fit_reliability(table.subset([0, 1]))
+    env = AggThresholdEnv(table, lam=10.0, episode_len=3, features="reliability", reliability=rel)
+    bandit = train_linucb(env, LinUCBOptions(timesteps=600, seed=0))
+    obs = observation_rows(table, "reliability", rel)
+    assert bandit.skip_batch(obs).tolist() == [True, False, False]
+    assert bandit == train_linucb(env, LinUCBOptions(timesteps=600, seed=0))  # same seed, same model
+    with pytest.raises(ConfigError, match="linucb"):
+        train_linucb(env, LinUCBOptions(timesteps=0))
+
+
 def test_routerbench_observations_stay_in_the_box(shared_data: Path) -> None:
     from mosaic.envs.skip_tables import routerbench_table
 
@@ -110,3 +123,4 @@ def test_script_runs_with_reliability_features(shared_data: Path, tmp_path: Path
     subprocess.run(cmd, check=True, capture_output=True, timeout=300, cwd=root)
     text = (tmp_path / "reliability.csv").read_text(encoding="utf-8")
     assert "PPO reliability lam=8" in text and "PPO agreement lam=8" in text and "SkipModel" in text
+    assert "LinUCB reliability lam=8" in text
