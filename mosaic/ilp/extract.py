@@ -6,7 +6,8 @@ representative slice and its predicted seconds match the bucket-mean figure the 
 
 Within a worker (see :func:`worker_order`): the resident expert first (no load), the aggregator last (it stays
 resident for the aggregation stage), the others by descending mean request seconds (long work starts early);
-each expert's requests longest first, so the batch drains on short requests.
+each expert's requests longest first, so the batch drains on short requests (on models small enough that polish
+counts paged groups, the cheapest order of a small paged group: :func:`mosaic.ilp.polish.priced_order`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 from mosaic.core.types import Plan, Workload, plan_from_order
 from mosaic.ilp.instance import IlpInstance
 from mosaic.ilp.model import Variables
-from mosaic.ilp.polish import group_cost, polish
+from mosaic.ilp.polish import busy_of, polish, priced_order
 
 
 def counts_from_solution(inst: IlpInstance, v: Variables) -> np.ndarray:
@@ -72,8 +73,7 @@ def worker_order(inst: IlpInstance, w: int, groups: Mapping[int, list[int]], agg
     last = _teardown_last(inst, t, ranked, resident, aggregator_last)
     order: list[int] = []
     for e in [x for x in ranked if x != last] + ([last] if last is not None else []):
-        ids = np.asarray(groups[e])
-        order += ids[np.lexsort((ids, -sec[ids]))].tolist()
+        order += priced_order(inst, t, np.asarray(groups[e], dtype=np.int64), e)[1].tolist()
     return order
 
 
@@ -95,9 +95,9 @@ def _teardown_last(
 
 
 def exact_busy(inst: IlpInstance, per_worker: list[dict[int, list[int]]]) -> np.ndarray:
-    """Worker position -> busy seconds of its groups as the cost model prices them (loads + ``group_cost``)."""
-    return np.array([sum(inst.load[e, w] + group_cost(inst, inst.worker_type[w], np.asarray(ids), e)
-                         for e, ids in g.items()) for w, g in enumerate(per_worker)])  # fmt: skip
+    """Worker position -> busy seconds of its groups as the cost model prices them (loads + ``group_cost``, the
+    last expert's teardown left out: :func:`mosaic.ilp.polish.busy_of`)."""
+    return busy_of(inst, per_worker)
 
 
 def extract(

@@ -4,14 +4,20 @@ The model prices a group with bucket means, a representative under-filled batch 
 the cost model prices it as ``sum_i a_i + max(sum_i d_i / min(cap_i, n), max_i d_i)`` over the group's actual
 requests. Where the two differ (small groups of mixed lengths, mostly), moving or swapping single requests
 between workers that already serve the same expert, or relocating a whole group to another worker, lowers the
-real makespan; outside fixed mode a request may also start a new replica (up to R_max) on one of the least busy
-workers, its load paid there. No move breaks memory or (fixed mode) changes the placement.
+real makespan; outside fixed mode a request may also start a new replica on one of the least busy workers, its
+load paid there (up to ``spawn_max``). On small models (at most 16 expert x worker pairs), when no such move
+helps, two more: an exchange of requests of two experts between the critical worker and one that serves both, and
+a merge of one expert's two groups on other workers that saves a load (it frees a worker for the next replica).
+A worker's busy time leaves out its last expert's teardown (it stays loaded). No move breaks memory or (fixed
+mode) changes the placement.
 Deterministic; bounded by a time budget.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
+from collections.abc import Iterable, Iterator
 
 import numpy as np
 
@@ -23,31 +29,42 @@ SPAWN_TARGETS = 3  # least busy workers tried for a new replica of a critical wo
 SPAWN_MIN_PAIRS = 0  # no new replicas on models of at most this many expert x worker pairs
 MERGE_PAIRS = 16  # models of at most this many expert x worker pairs also try merges off the critical worker
 PAGED_PAIRS = 16  # paged groups get the counted price only on models of at most this many expert x worker pairs
+PERMUTE_MAX = 5  # paged groups of at most this many requests (on such models) get the best of every order
 TOL = 1e-9
 
 
 def group_cost(inst: IlpInstance, t: int, ids: np.ndarray, e: int | None = None) -> float:
-    """Seconds of expert ``e``'s ``ids`` on GPU type ``t`` (no load): with a known engine (``e`` given) the
-    simulator's step count in execution order (longest first: :mod:`mosaic.ilp.batches`; reserved KV: exact, up to
-    ``MAX_EXACT`` requests; paged: at token granularity, preemptions' recomputed prefill included, up to
-    ``PAGED_EXACT`` requests on models of at most ``PAGED_PAIRS`` expert x worker pairs, where polish prices few
-    groups: a count is slow next to the closed form), else as ``CostModel.group_seconds`` prices them."""
-    if len(ids) == 0:
-        return 0.0
+    """Seconds of expert ``e``'s ``ids`` on GPU type ``t`` (no load): :func:`priced_order`'s price."""
+    return priced_order(inst, t, ids, e)[0] if len(ids) else 0.0
+
+
+def priced_order(inst: IlpInstance, t: int, ids: np.ndarray, e: int | None = None) -> tuple[float, np.ndarray]:
+    """(seconds, execution order) of expert ``e``'s ``ids`` on GPU type ``t`` (no load). The order is longest first;
+    with a known engine (``e`` given) the price is the simulator's step count in that order (:mod:`mosaic.ilp.batches`;
+    reserved KV: exact, up to ``MAX_EXACT`` requests; paged: at token granularity, preemptions' recomputed prefill
+    included, up to ``PAGED_EXACT`` requests on models of at most ``PAGED_PAIRS`` expert x worker pairs, where polish
+    prices few groups, and there every order of up to ``PERMUTE_MAX`` requests is counted and the cheapest kept:
+    under paged KV the admission order decides who is preempted), else as ``CostModel.group_seconds`` prices them."""
     a, d, cap = inst.request_fixed[ids, t], inst.request_decode[ids, t], inst.request_cap[ids, t]
+    order = ids[np.lexsort((ids, -inst.request_seconds[ids, t]))]
     closed = float(a.sum()) + max(float((d / np.minimum(cap, len(ids))).sum()), float(d.max()))
     if e is None or inst.engine is None:
-        return closed
+        return closed, order
     if len(ids) > MAX_EXACT if inst.engine[e, t, 2] else (len(ids) > PAGED_EXACT or inst.allowed.size > PAGED_PAIRS):
-        return closed
+        return closed, order
     batch, capacity, reserved, base, tps = inst.engine[e, t]
-    order = ids[np.lexsort((ids, -inst.request_seconds[ids, t]))]
-    o = inst.tokens[order]
-    own = float((a + d).sum() - base * o.sum())  # each request alone, less its decode steps' fixed seconds
+    own = float((a + d).sum() - base * inst.tokens[ids].sum())  # each alone, less its decode steps' fixed seconds
     if reserved:
-        return own + base * reserve_steps(o, inst.footprint[order], int(batch), float(capacity))
-    counted = paged_steps(inst.footprint[order] - o, o, int(batch), float(capacity))
-    return closed if counted is None else own + base * counted[0] + counted[1] / tps
+        o = inst.tokens[order]
+        return own + base * reserve_steps(o, inst.footprint[order], int(batch), float(capacity)), order
+    priced = []
+    for cand in itertools.permutations(order) if len(order) <= PERMUTE_MAX else [order]:  # longest first comes first
+        cand = np.asarray(cand, dtype=np.int64)
+        o = inst.tokens[cand]
+        counted = paged_steps(inst.footprint[cand] - o, o, int(batch), float(capacity))
+        if counted is not None:
+            priced.append((own + base * counted[0] + counted[1] / tps, cand))
+    return min(priced, key=lambda x: x[0]) if priced else (closed, order)  # ties: the earlier order
 
 
 class _State:
@@ -61,13 +78,25 @@ class _State:
         self.busy = np.array([self._busy(w) for w in range(len(self.groups))])
 
     def _busy(self, w: int) -> float:
-        return sum(self.inst.load[e, w] + c for e, c in self.cost[w].items())
+        return sum(self.inst.load[e, w] + c for e, c in self.cost[w].items()) - self._credit(w, self.cost[w])
+
+    def _credit(self, w: int, experts: Iterable[int]) -> float:
+        """The teardown ``load`` charges but the worker never pays: its last expert's, which stays loaded (the
+        costliest one goes last; none when the aggregator, charged none, goes last)."""
+        inst = self.inst
+        if inst.unload is None:
+            return 0.0
+        names = [e for e in experts if inst.load[e, w] > 0]  # a resident expert runs first and is charged nothing
+        if not names or any(inst.experts[e] == inst.aggregator for e in names):
+            return 0.0
+        return float(max(inst.unload[e, inst.worker_type[w]] for e in names))
 
     def priced(self, w: int, e: int, ids: np.ndarray) -> float:
         """Worker ``w``'s busy time if its group of ``e`` were ``ids``."""
         old = self.cost[w].get(e, 0.0) + (self.inst.load[e, w] if e in self.cost[w] else 0.0)
         new = group_cost(self.inst, self.inst.worker_type[w], ids, e) + (self.inst.load[e, w] if len(ids) else 0.0)
-        return float(self.busy[w] - old + new)
+        after = [x for x in self.cost[w] if x != e] + ([e] if len(ids) else [])
+        return float(self.busy[w] - old + new + self._credit(w, self.cost[w]) - self._credit(w, after))
 
     def set(self, w: int, e: int, ids: np.ndarray) -> None:
         if len(ids):
@@ -77,6 +106,12 @@ class _State:
             self.groups[w].pop(e, None)
             self.cost[w].pop(e, None)
         self.busy[w] = self._busy(w)
+
+
+def busy_of(inst: IlpInstance, per_worker: list[dict[int, list[int]]]) -> np.ndarray:
+    """Worker position -> busy seconds of its groups as polish prices them (loads, group costs, the last expert's
+    teardown left out)."""
+    return _State(inst, per_worker).busy
 
 
 def _candidates(inst: IlpInstance, t: int, ids: np.ndarray, slow_first: bool) -> np.ndarray:
@@ -155,7 +190,46 @@ def _best_move(s: _State, w: int) -> tuple[float, tuple] | None:
             span = max(s.priced(w, e, new_mine), s.priced(v, e, new_theirs), _rest(s.busy, w, v))
             if span < s.busy[w] - TOL * max(s.busy[w], 1.0) and (best is None or span < best[0] - TOL):
                 best = (span, ((w, e, new_mine), (v, e, new_theirs)))
+    if best is None and s.inst.allowed.size <= MERGE_PAIRS:
+        best = _best_exchange(s, w)
     return best
+
+
+def _best_exchange(s: _State, w: int) -> tuple[float, tuple] | None:
+    """Best exchange of a request of ``e`` on the critical ``w`` with one of another expert ``f`` on ``v``, where
+    ``v`` serves ``e`` and ``w`` serves ``f`` (small models only: four groups change)."""
+    best = None
+    for change in _exchanges(s, w):
+        span = max(_two(s, change, w), _two(s, change, change[1][0]), _rest(s.busy, w, change[1][0]))
+        if span < s.busy[w] - TOL * max(s.busy[w], 1.0) and (best is None or span < best[0] - TOL):
+            best = (span, change)
+    return best
+
+
+def _exchanges(s: _State, w: int) -> Iterator[tuple]:
+    """Every exchange of :func:`_best_exchange` among the candidates (a few of each group), as its four (worker,
+    expert, new group) changes."""
+    g = s.groups
+    for e, mine in sorted(g[w].items()):
+        for v in (v for v in range(len(g)) if v != w and e in g[v]):
+            for f in (f for f in sorted(g[v]) if f != e and f in g[w]):
+                theirs, t, tv = g[v][f], s.inst.worker_type[w], s.inst.worker_type[v]
+                for r, q in itertools.product(
+                    _candidates(s.inst, t, mine, True), _candidates(s.inst, tv, theirs, False)
+                ):
+                    yield ((w, e, mine[mine != r]), (v, e, np.append(g[v][e], r)), (v, f, theirs[theirs != q]),
+                           (w, f, np.append(g[w][f], q)))  # fmt: skip
+
+
+def _two(s: _State, change: tuple, worker: int) -> float:
+    """Busy seconds of ``worker`` after the group changes of ``change`` that are on it."""
+    groups = {e: ids for e, ids in s.groups[worker].items()}
+    for wk, e, ids in change:
+        if wk == worker:
+            groups[e] = ids
+    t, inst = s.inst.worker_type[worker], s.inst
+    kept = [e for e, ids in groups.items() if len(ids)]
+    return sum(inst.load[e, worker] + group_cost(inst, t, groups[e], e) for e in kept) - s._credit(worker, kept)
 
 
 def _best_merge(s: _State) -> tuple[float, tuple] | None:
