@@ -13,7 +13,6 @@ same plans with the real output lengths in the simulator with the profile, and p
 
 from __future__ import annotations
 
-import copy
 import json
 import time
 from dataclasses import dataclass
@@ -31,11 +30,9 @@ from mosaic.predictors.lengths import MeanLengthPredictor
 from mosaic.predictors.profile import CostProfile
 from mosaic.report.gantt import plot_gantt
 from mosaic.report.tracking import log_run
-from mosaic.runtime.engine_spec import resolve_models
 from mosaic.runtime.fidelity import fidelity_of_runs, fidelity_table, max_worker_error
 from mosaic.runtime.models import TINY_SET, make_tiny_set
-from mosaic.runtime.profiler import profile_model, split_unload
-from mosaic.runtime.vllm_backend import cpu_defaults, detect_device
+from mosaic.runtime.profiler import profile_workload, split_unload
 from mosaic.workloads import build_workload, expert_means
 
 
@@ -63,37 +60,6 @@ def ensure_tiny_models(models_dir: str, paths: list[str]) -> None:
         make_tiny_set(models_dir, tuple(missing))
 
 
-def build_profile(cfg, workload, out: str, console: Console, concurrent: bool = True) -> CostProfile:
-    """Profile each distinct model once: at every concurrency from one engine alone to one per worker, averaged
-    (``concurrent``; else one engine bound like worker 0); every expert using the model shares its profile."""
-    specs = resolve_models(workload, cfg)
-    by_path: dict[str, list[str]] = {}
-    for name, spec in specs.items():
-        by_path.setdefault(spec.path, []).append(name)
-    table, meta = {}, {"source": "experiments/sim_vs_real.py (mosaic profile)"}
-    for path, names in by_path.items():
-        spec = cpu_defaults(specs[names[0]]) if detect_device() == "cpu" else specs[names[0]]
-        engine = {"dtype": spec.dtype, "max_num_seqs": spec.max_num_seqs, "max_model_len": spec.max_model_len}
-        t = time.perf_counter()
-        prof = profile_model(
-            path,
-            cfg.cluster.gpu_type,
-            names[0],
-            None,
-            None,
-            engine,
-            cfg.cluster.workers,
-            concurrency=tuple(range(1, cfg.cluster.workers + 1)) if concurrent else (1,),
-        )
-        console.print(f"profiled {path} ({', '.join(names)}) in {time.perf_counter() - t:.0f} s")
-        for n in names:
-            table[n] = prof.get(names[0], cfg.cluster.gpu_type)
-            meta[f"{n}@{cfg.cluster.gpu_type}"] = copy.deepcopy(prof.meta[f"{names[0]}@{cfg.cluster.gpu_type}"])
-    profile = CostProfile({cfg.cluster.gpu_type: table}, meta)
-    profile.to_file(out)
-    return profile
-
-
 def main() -> None:
     args = parse()
     console = Console(width=140)
@@ -103,7 +69,14 @@ def main() -> None:
     workload, _ = build_workload(cfg, np.random.default_rng(cfg.seed))  # models and names only
     ensure_tiny_models(args.models_dir, [e.model_id for e in (*workload.experts, workload.aggregator)])
     if args.reprofile or not Path(profile_path).is_file():
-        build_profile(cfg, workload, profile_path, console, concurrent=not args.alone)
+        profile_workload(
+            cfg,
+            workload,
+            profile_path,
+            not args.alone,
+            report=console.print,
+            source="experiments/sim_vs_real.py (mosaic profile)",
+        )
     exp = prepare(cfg)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,6 +17,7 @@ Measured in an engine worker process (same environment, cores and engine setting
 
 from __future__ import annotations
 
+import copy
 import itertools
 import statistics
 import time
@@ -325,6 +326,41 @@ def profile_model(
     return profile
 
 
+def profile_workload(cfg: Any, workload: Any, out: str | Path, concurrent: bool = True,
+                     python: str | None = None, report: Callable[[str], None] | None = None,
+                     source: str = "mosaic profile") -> CostProfile:  # fmt: skip
+    """Profile every distinct model of ``workload``'s experts and aggregator (``cfg``: its run config) once, on
+    the machine this runs on: at each concurrency from one engine alone to one per worker, averaged
+    (``concurrent``; else one engine bound like worker 0). Every expert using a model shares its profile; the
+    profile is written to ``out`` (``source``: its ``meta.source``). ``report`` gets a line per model profiled.
+
+    A cost profile describes one machine: a simulator comparing itself with real engines must use one measured
+    where those engines run."""
+    from mosaic.runtime.engine_spec import resolve_models
+    from mosaic.runtime.vllm_backend import cpu_defaults, detect_device
+
+    gpu, workers = cfg.cluster.gpu_type, cfg.cluster.workers
+    specs = resolve_models(workload, cfg)
+    by_path: dict[str, list[str]] = {}
+    for name, spec in specs.items():
+        by_path.setdefault(spec.path, []).append(name)
+    table, meta = {}, {"source": source}
+    for path, names in by_path.items():
+        spec = cpu_defaults(specs[names[0]]) if detect_device() == "cpu" else specs[names[0]]
+        engine = {"dtype": spec.dtype, "max_num_seqs": spec.max_num_seqs, "max_model_len": spec.max_model_len}
+        t = time.perf_counter()
+        levels = tuple(range(1, workers + 1)) if concurrent else (1,)
+        prof = profile_model(path, gpu, names[0], None, None, engine, workers, python, levels)
+        if report is not None:
+            report(f"profiled {path} ({', '.join(names)}) in {time.perf_counter() - t:.0f} s")
+        for n in names:
+            table[n] = prof.get(names[0], gpu)
+            meta[f"{n}@{gpu}"] = copy.deepcopy(prof.meta[f"{names[0]}@{gpu}"])
+    profile = CostProfile({gpu: table}, meta)
+    profile.to_file(out)
+    return profile
+
+
 __all__ = [
     "ProfileOptions",
     "fit_step",
@@ -332,6 +368,7 @@ __all__ = [
     "pool_measurements",
     "profile_engine",
     "profile_model",
+    "profile_workload",
     "split_unload",
     "summarise",
 ]

