@@ -31,6 +31,7 @@ from mosaic.predictors.profile import CostProfile
 from mosaic.report.gantt import plot_gantt
 from mosaic.report.tracking import log_run
 from mosaic.runtime.fidelity import fidelity_of_runs, fidelity_table, max_worker_error
+from mosaic.runtime.machine import profile_machine_note
 from mosaic.runtime.models import TINY_SET, make_tiny_set
 from mosaic.runtime.profiler import profile_workload, split_unload
 from mosaic.workloads import build_workload, expert_means
@@ -78,6 +79,9 @@ def main() -> None:
             source="experiments/sim_vs_real.py (mosaic profile)",
         )
     exp = prepare(cfg)
+    note = profile_machine_note(CostProfile.from_file(profile_path), cfg.cluster.gpu_type)
+    if note:
+        console.print(f"[yellow]note: {note}[/yellow]")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     runs = []

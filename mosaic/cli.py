@@ -136,7 +136,18 @@ def _execute(args: argparse.Namespace, schedulers: list[str], command: str, resu
 
             errors = fidelity_of_runs(exp, runs, aggregation_policy(exp), lambda n: scheduler_from_config(cfg, n))
             console.print(fidelity_table(errors, f"{title}: simulator vs real engines"))
+            _machine_note(exp, console)
     return 0
+
+
+def _machine_note(exp: Any, console: Console) -> None:
+    """Warn when the simulator-vs-real table's profile was measured on another machine (or does not say)."""
+    from mosaic.runtime.machine import profile_machine_note
+
+    profile = getattr(exp.costs, "profile", None)
+    note = profile_machine_note(profile, exp.cluster.workers[0].gpu_type) if profile is not None else None
+    if note:
+        console.print(Text(f"note: {note}", style="yellow"))
 
 
 def cmd_run(args: argparse.Namespace) -> int:

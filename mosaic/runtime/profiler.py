@@ -13,6 +13,9 @@ Measured in an engine worker process (same environment, cores and engine setting
 - **max_batch** (the engine's ``max_num_seqs``), **kv_capacity_tokens** (KV blocks x block size),
   **kv_block_tokens** (the engine's block size, for the simulator's paged KV), **memory_gb** (weight files + KV cache
   space).
+
+Each entry's ``meta`` also records the machine (:func:`~mosaic.runtime.machine.machine_fingerprint`): a profile
+describes the machine it was measured on.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import numpy as np
 from mosaic.core.errors import ProfileError
 from mosaic.predictors.interface import ModelCost
 from mosaic.predictors.profile import CostProfile
+from mosaic.runtime.machine import machine_fingerprint
 
 
 @dataclass(frozen=True, slots=True)
@@ -316,7 +320,7 @@ def profile_model(
         backend.close()
     ev = mix_levels(results, levels)
     cost = ModelCost(**ev["cost"])
-    meta = {"source": "mosaic profile", f"{expert}@{gpu_type}": ev["meta"]}
+    meta = {"source": "mosaic profile", f"{expert}@{gpu_type}": {**ev["meta"], "machine": machine_fingerprint()}}
     profile = CostProfile({gpu_type: {expert: cost}}, meta)
     if out is not None:
         p = Path(out)
