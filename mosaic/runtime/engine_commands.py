@@ -12,6 +12,7 @@ from typing import Any
 
 import mosaic.runtime.ray_backend
 import mosaic.runtime.vllm_backend  # noqa: F401  (registers 'vllm')
+from mosaic.core.errors import ConfigError
 
 
 def _ints(text: str) -> tuple[int, ...]:
@@ -41,6 +42,16 @@ def cmd_profile(args: argparse.Namespace) -> int:
         options["batch_sizes"] = args.batch_sizes
     engine = {k: v for k, v in (("dtype", args.dtype), ("max_num_seqs", args.max_num_seqs),
                                 ("max_model_len", args.max_model_len)) if v is not None}  # fmt: skip
+    if args.config:
+        flags = (("--dtype", args.dtype), ("--max-num-seqs", args.max_num_seqs),
+                 ("--max-model-len", args.max_model_len), ("--name", args.name))  # fmt: skip
+        given = [f for f, v in flags if v is not None]
+        if given:
+            raise ConfigError(f"mosaic profile --config takes the engine settings and names from the config, not "
+                              f"{', '.join(given)} (set runtime.engine with --set)")  # fmt: skip
+        return _profile_config(args, options)
+    if not args.gpu_type:
+        raise ConfigError("mosaic profile --model needs --gpu-type (the name the profile files it under)")
     name = args.name or Path(args.model).name
     prof = profile_model(
         args.model,
@@ -62,10 +73,37 @@ def cmd_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _profile_config(args: argparse.Namespace, options: dict[str, Any]) -> int:
+    """``mosaic profile --config CFG``: every model of the config, on this machine, into ``--out``."""
+    import numpy as np
+
+    from mosaic.core.config import load_config
+    from mosaic.runtime.profiler import profile_workload
+    from mosaic.workloads import build_workload
+
+    cfg = load_config(args.config, list(args.overrides))
+    workload, _ = build_workload(cfg, np.random.default_rng(cfg.seed))  # the models and names only
+    prof = profile_workload(cfg, workload, args.out, python=args.python, report=_print, options=options,
+                            concurrency=args.concurrency)  # fmt: skip
+    gpu = cfg.cluster.gpu_type
+    for name in prof.experts:
+        mc = prof.get(name, gpu)
+        _print(f"[bold]{name}[/bold] on {gpu}: load {mc.load_s:.2f} s, prefill {mc.prefill_tps:,.0f} tok/s, step "
+               f"{mc.step_base_s * 1e3:.2f} ms + {mc.step_per_seq_s * 1e3:.3f} ms/seq")  # fmt: skip
+    _print(f"-> {args.out} (point the config's costs.profile at it)")
+    return 0
+
+
 def _add_profile(sub: Any) -> None:
     p = sub.add_parser("profile", help="measure a model on the real engine; write/merge a CostProfile file")
-    p.add_argument("--model", required=True, help="model folder (or an id the engine can open)")
-    p.add_argument("--gpu-type", required=True, help="GPU type name the profile files it under (e.g. cpu, A100-80GB)")
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", help="model folder (or an id the engine can open)")
+    config_help = ("a run config: profile every model its experts and aggregator use, on this machine, at 1..workers "
+                   "engines at once (its cluster's workers and GPU type)")  # fmt: skip
+    what.add_argument("--config", help=config_help)
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override (with --config), e.g. cluster.workers=4")  # fmt: skip
+    p.add_argument("--gpu-type", help="GPU type name the profile files it under (e.g. cpu, A100-80GB; with --model)")
     p.add_argument("--out", required=True, help="profile file (YAML, or .json); merged when it exists")
     p.add_argument("--name", help="expert name in the profile (default: the model folder's name)")
     p.add_argument("--batch-sizes", type=_ints, help="decode batch sizes, e.g. 1,2,4,8,16")

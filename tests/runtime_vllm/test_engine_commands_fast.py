@@ -20,6 +20,19 @@ def test_commands_are_registered_and_backends_too():
     assert "vllm" in BACKENDS and "ray" in BACKENDS
 
 
+def test_profile_takes_a_model_or_a_config(capsys):
+    parser = cli.build_parser()
+    args = parser.parse_args(["profile", "--config", "c.yaml", "--out", "p.yaml", "--set", "cluster.workers=4"])
+    assert args.config == "c.yaml" and args.model is None and args.overrides == ["cluster.workers=4"]
+    with pytest.raises(SystemExit):
+        parser.parse_args(["profile", "--config", "c.yaml", "--model", "m", "--out", "p.yaml"])
+    assert "not allowed with argument" in capsys.readouterr().err
+    assert cli.main(["profile", "--model", "m", "--out", "p.yaml"]) == 2
+    assert "needs --gpu-type" in capsys.readouterr().out
+    assert cli.main(["profile", "--config", "c.yaml", "--out", "p.yaml", "--dtype", "float32"]) == 2
+    assert "not --dtype" in capsys.readouterr().out
+
+
 def test_bad_batch_sizes_are_rejected(capsys):
     with pytest.raises(SystemExit):
         cli.build_parser().parse_args(["profile", "--model", "m", "--gpu-type", "g", "--out", "o",

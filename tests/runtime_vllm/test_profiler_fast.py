@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mosaic.core.errors import ProfileError
+from mosaic.core.errors import ConfigError, ProfileError
 from mosaic.predictors.interface import ModelCost
 from mosaic.predictors.profile import CostProfile
 from mosaic.runtime.profiler import (
@@ -158,9 +158,15 @@ def test_profile_workload_profiles_each_model_once_on_this_machine(monkeypatch, 
 
     monkeypatch.setattr(profiler, "profile_model", fake)
     monkeypatch.setenv("MOSAIC_VLLM_DEVICE", "cpu")
+    monkeypatch.chdir(tmp_path)  # the config's model folders: models/tiny-llama-a, models/tiny-qwen2-b
     cfg = load_config(Path(__file__).resolve().parents[2] / "experiments" / "configs" / "cpu_tiny.yaml")
     workload, _ = build_workload(cfg, np.random.default_rng(0))
     out = tmp_path / "p.yaml"
+    with pytest.raises(ConfigError, match="model folder models/tiny-llama-a does not exist"):
+        profiler.profile_workload(cfg, workload, out)
+    assert not calls and not out.exists()
+    for name in ("tiny-llama-a", "tiny-qwen2-b"):
+        (tmp_path / "models" / name).mkdir(parents=True)
     profiler.profile_workload(cfg, workload, out, source="test")
     assert sorted(calls) == [("tiny-llama-a", "tiny-a", (1, 2)), ("tiny-qwen2-b", "tiny-b", (1, 2))]
     prof = CostProfile.from_file(out)
