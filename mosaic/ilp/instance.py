@@ -38,7 +38,7 @@ class InstanceOptions:
 
     buckets: int = 4  # most buckets of predicted output length per expert (stragglers not counted)
     straggler_share: float = 0.2  # a request alone taking >= this share of the mean worker's work is a straggler
-    max_straggler_vars: int = 1000  # stragglers x workers at most (the slowest stragglers are kept)
+    max_straggler_vars: int = 16000  # stragglers x workers at most (the slowest kept; 1,000 left 15 on 64 workers)
     replication_ratio: float = 1.0  # R_max(e) = floor(work_e / (ratio * load_e)), clamped to [1, workers]
     r_max: Mapping[str, int] | None = None  # expert -> R_max override (experts absent from the stage are ignored)
     uncapped_pairs: int = 16  # stages of at most this many expert x worker pairs: no R_max rule (size is no concern)

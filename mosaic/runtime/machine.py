@@ -58,8 +58,9 @@ def profile_machine_note(profile: CostProfile, gpu_type: str, here: dict[str, An
     other = sorted({_describe(m["machine"]) for e, m in entries if e not in unknown
                     and {k: m["machine"].get(k) for k in FINGERPRINT_KEYS} != mine})  # fmt: skip
     if other:
-        return (f"the cost profile was measured on {'; '.join(other)}, this machine is {_describe(here)}: simulated "
-                f"times describe that machine (re-profile here: mosaic profile --config CONFIG --out FILE)")  # fmt: skip
+        return (f"the cost profile was measured on {'; '.join(other)}, this machine is {_describe(here)}: "
+                f"simulated times describe that machine (re-profile here: "
+                f"mosaic profile --config CFG --out FILE)")  # fmt: skip
     if unknown:
         return (f"the cost profile does not say which machine it was measured on ({', '.join(unknown)}): its "
                 f"simulated times may describe another machine than this one ({_describe(here)})")  # fmt: skip
