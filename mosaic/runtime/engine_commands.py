@@ -104,7 +104,7 @@ def _add_profile(sub: Any) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="config override (with --config), e.g. cluster.workers=4")  # fmt: skip
     p.add_argument("--gpu-type", help="GPU type name the profile files it under (e.g. cpu, A100-80GB; with --model)")
-    p.add_argument("--out", required=True, help="profile file (YAML, or .json); merged when it exists")
+    p.add_argument("--out", required=True, help="profile file (YAML or .json): --model merges, --config replaces")
     p.add_argument("--name", help="expert name in the profile (default: the model folder's name)")
     p.add_argument("--batch-sizes", type=_ints, help="decode batch sizes, e.g. 1,2,4,8,16")
     p.add_argument("--loads", type=int, default=3, help="engine starts to time; the median counts (default 3)")
