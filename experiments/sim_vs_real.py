@@ -72,9 +72,9 @@ def main() -> None:
     if args.reprofile or not Path(profile_path).is_file():
         profile_workload(
             cfg,
-            workload,
             profile_path,
-            not args.alone,
+            workload,
+            (1,) if args.alone else None,
             report=console.print,
             source="experiments/sim_vs_real.py (mosaic profile)",
         )

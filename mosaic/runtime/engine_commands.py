@@ -64,32 +64,27 @@ def cmd_profile(args: argparse.Namespace) -> int:
         args.python,
         tuple(args.concurrency or (1,)),
     )
-    mc = prof.get(name, args.gpu_type)
-    _print(
-        f"[bold]{name}[/bold] on {args.gpu_type}: load {mc.load_s:.2f} s, prefill {mc.prefill_tps:,.0f} tok/s, "
-        f"step {mc.step_base_s * 1e3:.2f} ms + {mc.step_per_seq_s * 1e3:.3f} ms/seq + "
-        f"{mc.step_per_kv_token_s * 1e6:.3f} us/KV token, max batch {mc.max_batch} -> {args.out}"
-    )
+    _print(f"{_cost_line(name, args.gpu_type, prof.get(name, args.gpu_type))} -> {args.out}")
     return 0
+
+
+def _cost_line(name: str, gpu: str, mc: Any) -> str:
+    """One profiled model's figures, as ``mosaic profile`` prints them."""
+    return (f"[bold]{name}[/bold] on {gpu}: load {mc.load_s:.2f} s, prefill {mc.prefill_tps:,.0f} tok/s, step "
+            f"{mc.step_base_s * 1e3:.2f} ms + {mc.step_per_seq_s * 1e3:.3f} ms/seq + "
+            f"{mc.step_per_kv_token_s * 1e6:.3f} us/KV token, max batch {mc.max_batch}")  # fmt: skip
 
 
 def _profile_config(args: argparse.Namespace, options: dict[str, Any]) -> int:
     """``mosaic profile --config CFG``: every model of the config, on this machine, into ``--out``."""
-    import numpy as np
-
     from mosaic.core.config import load_config
     from mosaic.runtime.profiler import profile_workload
-    from mosaic.workloads import build_workload
 
     cfg = load_config(args.config, list(args.overrides))
-    workload, _ = build_workload(cfg, np.random.default_rng(cfg.seed))  # the models and names only
-    prof = profile_workload(cfg, workload, args.out, python=args.python, report=_print, options=options,
-                            concurrency=args.concurrency)  # fmt: skip
-    gpu = cfg.cluster.gpu_type
+    prof = profile_workload(cfg, args.out, concurrency=args.concurrency, python=args.python, report=_print,
+                            options=options)  # fmt: skip
     for name in prof.experts:
-        mc = prof.get(name, gpu)
-        _print(f"[bold]{name}[/bold] on {gpu}: load {mc.load_s:.2f} s, prefill {mc.prefill_tps:,.0f} tok/s, step "
-               f"{mc.step_base_s * 1e3:.2f} ms + {mc.step_per_seq_s * 1e3:.3f} ms/seq")  # fmt: skip
+        _print(_cost_line(name, cfg.cluster.gpu_type, prof.get(name, cfg.cluster.gpu_type)))
     _print(f"-> {args.out} (point the config's costs.profile at it)")
     return 0
 

@@ -330,22 +330,26 @@ def profile_model(
     return profile
 
 
-def profile_workload(cfg: Any, workload: Any, out: str | Path, concurrent: bool = True,
+def profile_workload(cfg: Any, out: str | Path, workload: Any = None, concurrency: Sequence[int] | None = None,
                      python: str | None = None, report: Callable[[str], None] | None = None,
-                     source: str = "mosaic profile", options: Mapping[str, Any] | None = None,
-                     concurrency: Sequence[int] | None = None) -> CostProfile:  # fmt: skip
-    """Profile every distinct model of ``workload``'s experts and aggregator (``cfg``: its run config) once, on
-    the machine this runs on: at each concurrency from one engine alone to one per worker, averaged
-    (``concurrent``; else one engine bound like worker 0; ``concurrency`` names the levels instead). Every expert
-    using a model shares its profile; the profile is written to ``out`` (``source``: its ``meta.source``;
-    ``options``: :class:`ProfileOptions`). ``report`` gets a line per model profiled.
+                     source: str = "mosaic profile",
+                     options: Mapping[str, Any] | None = None) -> CostProfile:  # fmt: skip
+    """Profile every distinct model of the run config ``cfg``'s experts and aggregator (``workload``: its workload,
+    built from ``cfg`` when not given) once, on the machine this runs on, at each of ``concurrency`` engines at once,
+    averaged (default: from one engine alone to one per worker). Every expert using a model shares its profile; the
+    profile is written to ``out`` (``source``: its ``meta.source``; ``options``: :class:`ProfileOptions`).
+    ``report`` gets a line per model profiled.
 
     A cost profile describes one machine: a simulator comparing itself with real engines must use one measured
     where those engines run."""
     from mosaic.runtime.engine_spec import check_local_paths, resolve_models
     from mosaic.runtime.vllm_backend import cpu_defaults, detect_device
+    from mosaic.workloads import build_workload
 
+    if workload is None:
+        workload, _ = build_workload(cfg, np.random.default_rng(cfg.seed))  # the models and names only
     gpu, workers = cfg.cluster.gpu_type, cfg.cluster.workers
+    levels = tuple(concurrency or range(1, workers + 1))
     specs = resolve_models(workload, cfg)
     check_local_paths(specs)  # a missing model folder, before an engine starts
     by_path: dict[str, list[str]] = {}
@@ -356,7 +360,6 @@ def profile_workload(cfg: Any, workload: Any, out: str | Path, concurrent: bool 
         spec = cpu_defaults(specs[names[0]]) if detect_device() == "cpu" else specs[names[0]]
         engine = {"dtype": spec.dtype, "max_num_seqs": spec.max_num_seqs, "max_model_len": spec.max_model_len}
         t = time.perf_counter()
-        levels = tuple(concurrency or (range(1, workers + 1) if concurrent else (1,)))
         prof = profile_model(path, gpu, names[0], None, options, engine, workers, python, levels)
         if report is not None:
             report(f"profiled {path} ({', '.join(names)}) in {time.perf_counter() - t:.0f} s")

@@ -147,7 +147,6 @@ def test_profile_workload_profiles_each_model_once_on_this_machine(monkeypatch, 
     concurrency 1 and 2 (two workers), shared by every expert on the same folder and written to one file."""
     import mosaic.runtime.profiler as profiler
     from mosaic.core.config import load_config
-    from mosaic.workloads import build_workload
 
     calls: list[tuple[str, str, tuple[int, ...]]] = []
 
@@ -160,14 +159,13 @@ def test_profile_workload_profiles_each_model_once_on_this_machine(monkeypatch, 
     monkeypatch.setenv("MOSAIC_VLLM_DEVICE", "cpu")
     monkeypatch.chdir(tmp_path)  # the config's model folders: models/tiny-llama-a, models/tiny-qwen2-b
     cfg = load_config(Path(__file__).resolve().parents[2] / "experiments" / "configs" / "cpu_tiny.yaml")
-    workload, _ = build_workload(cfg, np.random.default_rng(0))
     out = tmp_path / "p.yaml"
     with pytest.raises(ConfigError, match="model folder models/tiny-llama-a does not exist"):
-        profiler.profile_workload(cfg, workload, out)
+        profiler.profile_workload(cfg, out)
     assert not calls and not out.exists()
     for name in ("tiny-llama-a", "tiny-qwen2-b"):
         (tmp_path / "models" / name).mkdir(parents=True)
-    profiler.profile_workload(cfg, workload, out, source="test")
+    profiler.profile_workload(cfg, out, source="test")
     assert sorted(calls) == [("tiny-llama-a", "tiny-a", (1, 2)), ("tiny-qwen2-b", "tiny-b", (1, 2))]
     prof = CostProfile.from_file(out)
     assert prof.get("tiny-a", "cpu") == prof.get("tiny-a@agg", "cpu") != prof.get("tiny-b", "cpu")
