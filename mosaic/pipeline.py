@@ -63,6 +63,10 @@ class Experiment:
         child = np.random.SeedSequence(self.seed_seq.entropy, spawn_key=(*self.seed_seq.spawn_key, 1))
         return np.random.default_rng(child)
 
+    def __deepcopy__(self, memo: dict) -> Experiment:
+        """The same experiment: it is never changed once built (``gymnasium.make`` deep-copies an env's arguments)."""
+        return self
+
 
 @dataclass(frozen=True, slots=True)
 class SchedulerRun:
@@ -127,16 +131,17 @@ def prepare(cfg: RunConfig) -> Experiment:
 
 def aggregation_policy(exp: Experiment) -> AggregationPolicy:
     """``aggregation.mode``: ``always``, ``adaptive`` (fixed threshold T, two-decimal T = 0.67 meaning 2/3),
-    ``learned`` (a trained AggThreshold agent, ``aggregation.model``, with the features it was trained on), or any
-    registered aggregation policy built with ``aggregation.options`` (``load-aware``, ``calibrated``, ...)."""
+    ``learned`` (a trained AggThreshold or AggOnline agent, ``aggregation.model``, with the features it was trained
+    on), or any registered aggregation policy built with ``aggregation.options`` (``load-aware``, ``calibrated``,
+    ...)."""
     cfg = exp.cfg
     mode, options = cfg.aggregation.mode, dict(cfg.aggregation.options)
     if mode == "adaptive":
         return make_aggregation_policy("threshold", threshold=cfg.aggregation.threshold)
     if mode == "learned":
-        from mosaic.agents.rl import rl_threshold_policy  # torch and SB3: only for learned policies
+        from mosaic.agents.rl import rl_skip_policy  # torch and SB3: only for learned policies
 
-        return rl_threshold_policy(cfg.aggregation.model, skip_context(exp))
+        return rl_skip_policy(cfg.aggregation.model, skip_context(exp))
     if mode == "always" and not options:
         return make_aggregation_policy("always")
     try:

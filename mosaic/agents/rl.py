@@ -29,7 +29,15 @@ from mosaic.agents.bounds import lower_bound
 from mosaic.agents.interface import Scheduler
 from mosaic.agents.registry import SCHEDULERS, make_scheduler
 from mosaic.agents.reschedule import DEFAULT_BUCKETS, ReschedulePolicy, default_plan_scheduler, obs_sizes
-from mosaic.aggregation.thresholds import Context, LearnedThresholdPolicy
+from mosaic.aggregation.thresholds import (
+    FEATURE_HIGH,
+    FEATURE_NAMES,
+    ONLINE_FEATURE_HIGH,
+    ONLINE_FEATURE_NAMES,
+    Context,
+    LearnedLoadPolicy,
+    LearnedThresholdPolicy,
+)
 from mosaic.core.errors import ConfigError
 from mosaic.core.types import Cluster, Plan, Workload
 from mosaic.predictors.interface import CostModel
@@ -41,6 +49,7 @@ ALGO_CLASSES: Mapping[str, tuple[str, str]] = {
 }
 RESCHEDULE_MODEL_ENV = "MOSAIC_RL_RESCHEDULE_MODEL"  # default model path of 'rl-reschedule'
 THRESHOLD_MODEL_ENV = "MOSAIC_RL_THRESHOLD_MODEL"  # default model path of 'rl-threshold'
+ONLINE_TASK = "online"  # the task of a skip agent trained in mosaic/AggOnline-v0 (its model.json)
 ENV_KEYS = ("n_slots", "buckets", "quantum_frac")  # RescheduleEnv arguments a model depends on
 
 
@@ -205,14 +214,14 @@ class RLRescheduleScheduler(Scheduler):
 
 
 class SB3SkipModel:
-    """``predict(features) -> 1 (skip) | 0``: a trained AggThreshold agent on
-    :func:`~mosaic.aggregation.thresholds.features` clipped into the env's observation box."""
+    """``predict(features) -> 1 (skip) | 0``: a trained skip agent on its env's observation, clipped into the
+    env's box: :func:`~mosaic.aggregation.thresholds.features` (AggThreshold-v0), or with ``online`` those followed
+    by :func:`~mosaic.aggregation.thresholds.load_features` (AggOnline-v0)."""
 
-    def __init__(self, agent: LoadedAgent) -> None:
-        from mosaic.aggregation.thresholds import FEATURE_HIGH, FEATURE_NAMES
-
+    def __init__(self, agent: LoadedAgent, online: bool = False) -> None:
         self.agent = agent
-        self.high = np.array([FEATURE_HIGH[n] for n in FEATURE_NAMES], dtype=np.float32)
+        names, high = (ONLINE_FEATURE_NAMES, ONLINE_FEATURE_HIGH) if online else (FEATURE_NAMES, FEATURE_HIGH)
+        self.high = np.array([high[n] for n in names], dtype=np.float32)
 
     def predict(self, features: np.ndarray) -> int:
         obs = np.clip(np.asarray(features, dtype=np.float32), 0.0, self.high)
@@ -228,3 +237,17 @@ def rl_threshold_policy(model_path: str | Path | None = None, context: Context |
     ``context(query) -> (expert kinds, predicted aggregator seconds)`` completes its features."""
     path = _model_path(model_path, THRESHOLD_MODEL_ENV, "aggregation policy 'rl-threshold'")
     return LearnedThresholdPolicy(SB3SkipModel(load_agent(path, task="threshold")), context)
+
+
+def rl_skip_policy(model_path: str | Path | None = None, context: Context | None = None) -> LearnedThresholdPolicy:
+    """A trained skip agent as the run's skip policy, by the task its metadata names: ``online``
+    (``mosaic/AggOnline-v0``: a :class:`~mosaic.aggregation.thresholds.LearnedLoadPolicy`, which sees the load when
+    the query's experts finish) or ``threshold`` (:func:`rl_threshold_policy`)."""
+    path = _model_path(model_path, THRESHOLD_MODEL_ENV, "a learned aggregation policy")
+    agent = load_agent(path)
+    task = agent.meta.get("task", "threshold")
+    if task == ONLINE_TASK:
+        return LearnedLoadPolicy(SB3SkipModel(agent, online=True), context)
+    if task != "threshold":
+        raise ConfigError(f"RL model {path} was trained for task {task!r}, not a skip decision (threshold, online)")
+    return LearnedThresholdPolicy(SB3SkipModel(agent), context)

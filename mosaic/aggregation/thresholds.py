@@ -21,6 +21,7 @@ from mosaic.aggregation.interface import (
     SKIP_TOLERANCE,
     AggregationPolicy,
     AlwaysAggregate,
+    Load,
     LoadProbe,
     ThresholdPolicy,
 )
@@ -244,6 +245,44 @@ class LearnedThresholdPolicy(AggregationPolicy):
         if values.size != 1 or not np.isfinite(values[0]):
             raise WorkloadError(f"learned skip model returned {out!r}; expected one finite skip value")
         return bool(values[0] >= 0.5)
+
+
+LOAD_FEATURE_NAMES: tuple[str, ...] = (
+    "log_backlog_s",  # log1p(predicted aggregator seconds queued per worker)
+    "log_queued_per_worker",  # log1p(aggregator requests released and not finished / workers)
+    "log_waited_s",  # log1p(seconds since the query arrived)
+)
+ONLINE_FEATURE_NAMES = FEATURE_NAMES + LOAD_FEATURE_NAMES  # the observation of a load-aware learned policy
+ONLINE_FEATURE_HIGH = FEATURE_HIGH | dict.fromkeys(LOAD_FEATURE_NAMES, 16.0)
+
+
+def load_features(query: Query, load: Load | None) -> np.ndarray:
+    """The run-time part of a load-aware observation, ordered as :data:`LOAD_FEATURE_NAMES` (zeros without a
+    load: a stage barrier)."""
+    if load is None:
+        return np.zeros(len(LOAD_FEATURE_NAMES), dtype=np.float32)
+    per_worker = load.queued / load.workers if load.workers else 0.0
+    waited = max(load.now - query.arrival, 0.0)
+    return np.array([math.log1p(load.backlog_s), math.log1p(per_worker), math.log1p(waited)], dtype=np.float32)
+
+
+class LearnedLoadPolicy(LearnedThresholdPolicy):
+    """A learned skip policy that also sees the load when the query's experts finish: ``model`` gets
+    :func:`features` followed by :func:`load_features` (:data:`ONLINE_FEATURE_NAMES`); the policy trained in
+    ``mosaic/AggOnline-v0`` is one of these there and here."""
+
+    name = "learned-load"
+
+    def __init__(self, model: SkipModel, context: Context | None = None) -> None:
+        super().__init__(model, context)
+        self.probe: LoadProbe | None = None
+
+    def watch(self, probe: LoadProbe | None) -> None:
+        self.probe = probe
+
+    def features(self, query: Query, answers: Sequence[str | None], confidence: float) -> np.ndarray:
+        load = self.probe() if self.probe is not None else None
+        return np.concatenate([super().features(query, answers, confidence), load_features(query, load)])
 
 
 AGGREGATION_POLICIES.register("always", "never skip the aggregator (the MoA baseline)")(AlwaysAggregate)

@@ -127,7 +127,11 @@ class AggregationCfg(_Cfg):
         "registered aggregation policy (`mosaic list`: load-aware, calibrated, ...) built with `options`",
     )
     threshold: float = Field(1.0, gt=0, le=1, description="skip when confidence >= threshold")
-    model: str | None = Field(None, description="learned: a trained AggThreshold agent (mosaic train threshold)")
+    model: str | None = Field(
+        None,
+        description="learned: a trained skip agent (mosaic train threshold; an AggOnline-v0 agent sees the load "
+        "and needs runtime.barrier: false)",
+    )
     options: dict[str, Any] = Field(
         default_factory=dict,
         description="a registered policy's keyword options, e.g. {busy_threshold: 0.67, backlog_s: 30} (load-aware) "

@@ -1,4 +1,4 @@
-"""CLI: ``mosaic train reschedule|threshold`` and ``mosaic eval-agents CONFIG`` (registered by ``register_cli``).
+"""CLI: ``mosaic train reschedule|threshold|online`` and ``mosaic eval-agents CONFIG`` (registered by ``register_cli``).
 
 Importable without gymnasium / stable-baselines3 (they are imported when a command runs).
 """
@@ -25,15 +25,18 @@ ALGOS = ("ppo", "maskable-ppo", "dqn")  # as mosaic.envs.training.ALGOS (kept he
 
 def register_cli(sub: argparse._SubParsersAction) -> None:
     """Add ``train`` and ``eval-agents`` to the ``mosaic`` command."""
-    p = sub.add_parser("train", help="train an RL agent (reschedule | threshold) with stable-baselines3")
-    p.add_argument("task", choices=["reschedule", "threshold"])
-    p.add_argument("--algo", choices=ALGOS, default="maskable-ppo", help="default: maskable-ppo")
+    p = sub.add_parser("train", help="train an RL agent (reschedule | threshold | online) with stable-baselines3")
+    p.add_argument("task", choices=["reschedule", "threshold", "online"],
+                   help="online: skip decisions at run time under the config's arrivals (AggOnline-v0)")  # fmt: skip
+    p.add_argument("--algo", choices=ALGOS, help="default: maskable-ppo (online: ppo)")
     p.add_argument("--timesteps", type=int, default=20_000, help="environment steps (default 20000)")
     p.add_argument("--seed", type=int, default=0, help="model and instance seed")
-    p.add_argument("--config", help="YAML run config (default: a 40-query GPQA-like scenario, 4 workers)")
+    p.add_argument("--config", help="YAML run config (default: a 40-query GPQA-like scenario, 4 workers; online: "
+                   "MedMCQA at 0.44 queries/s, no stage barrier)")  # fmt: skip
     p.add_argument("--out", help="output directory (default: <out_dir>/<name>__train-<task>__seed<S>__<time>)")
-    p.add_argument("--eval-freq", type=int, default=2_000, help="steps between held-out evaluations")
-    p.add_argument("--n-eval", type=int, default=8, help="held-out instances (reschedule) / episodes (threshold)")
+    p.add_argument("--eval-freq", type=int, help="steps between held-out evaluations (default 2000; online 20000)")
+    p.add_argument("--n-eval", type=int, help="held-out instances (reschedule) / episodes (threshold) / runs "
+                   "(online); default 8, online 2")  # fmt: skip
     p.add_argument("--n-instances", type=int, default=8, help="reschedule: training instances")
     p.add_argument("--noise", type=float, help="reschedule: length-prediction error sigma (default: config predictor)")
     p.add_argument("--start", choices=["empty", "plan"], default="empty", help="reschedule: from nothing or a plan")
@@ -46,6 +49,10 @@ def register_cli(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--lam", type=float, default=4.0, help="threshold: weight of accuracy loss in the reward")
     p.add_argument("--source", choices=["config", "routerbench"], default="config", help="threshold: skip table")
+    p.add_argument("--n-train", type=int, default=2, help="online: training runs (seeds seed+100, seed+101, ...)")
+    p.add_argument("--latency-weight", type=float, default=0.003, help="online: reward per (latency / scale)")
+    p.add_argument("--latency-scale", type=float, default=100.0, help="online: latency unit of the reward, seconds")
+    p.add_argument("--latency-power", type=float, default=1.0, help="online: latency exponent (2 weighs the tail)")
     _shared(p)
     p.set_defaults(func=cmd_train)
     p = sub.add_parser("eval-agents", help="schedulers and skip policies, baselines and trained agents, one table")
@@ -80,6 +87,14 @@ def _config(args: argparse.Namespace) -> RunConfig:
     return resolve_config(None)
 
 
+def _online_config(args: argparse.Namespace) -> RunConfig:
+    from mosaic.envs.agg_online import DEFAULT_ONLINE
+
+    if getattr(args, "config", None):
+        return load_config(args.config, args.overrides)
+    return load_config(None, [*DEFAULT_ONLINE, *args.overrides])
+
+
 def _tracking(cfg: RunConfig, args: argparse.Namespace) -> TrackingCfg:
     mode = "online" if args.track else (args.wandb or cfg.tracking.mode)
     return cfg.tracking.model_copy(update={"mode": mode})
@@ -97,20 +112,27 @@ def _out_dir(cfg: RunConfig, command: str, seed: int, out: str | None) -> Path:
 def cmd_train(args: argparse.Namespace) -> int:
     from mosaic.envs.training import TrainOptions, train
 
-    cfg = _config(args)
+    online = args.task == "online"
+    cfg = _online_config(args) if online else _config(args)
     if args.task == "reschedule":
         ref = args.reward_ref if args.reward_ref != "auto" else ("plan" if args.start == "plan" else "round-robin")
         env = {"n_instances": args.n_instances, "noise": args.noise, "start": args.start, "reward_ref": ref}
         if args.plan_scheduler:
             env["plan_scheduler"] = args.plan_scheduler
+    elif online:
+        env = {"n_train": args.n_train, "latency_weight": args.latency_weight, "latency_scale_s": args.latency_scale,
+               "latency_power": args.latency_power}  # fmt: skip
     else:
         env = {"lam": args.lam}
     out = _out_dir(cfg, f"train-{args.task}", args.seed, args.out)
-    opts = TrainOptions(args.task, args.algo, args.timesteps, args.seed, out, _tracking(cfg, args), args.eval_freq,
-                        args.n_eval, env, args.source)  # fmt: skip
-    with console.status(f"training {args.algo} on {args.task} for {args.timesteps} steps"):
+    algo = args.algo or ("ppo" if online else "maskable-ppo")
+    eval_freq = args.eval_freq or (20_000 if online else 2_000)
+    n_eval = args.n_eval or (2 if online else 8)
+    opts = TrainOptions(args.task, algo, args.timesteps, args.seed, out, _tracking(cfg, args), eval_freq, n_eval, env,
+                        args.source)  # fmt: skip
+    with console.status(f"training {algo} on {args.task} for {args.timesteps} steps"):
         result = train(cfg, opts)
-    console.print(f"[bold]{args.task}[/bold] {args.algo}: {args.timesteps} steps in {result.seconds:.1f} s; best "
+    console.print(f"[bold]{args.task}[/bold] {algo}: {args.timesteps} steps in {result.seconds:.1f} s; best "
                   f"held-out mean return {result.best_mean_reward:.3f}; model {result.model_path}")  # fmt: skip
     summary = held_out_summary(cfg, opts, result.model_path)
     (out / "heldout.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
@@ -122,6 +144,8 @@ def held_out_summary(cfg: RunConfig, opts: Any, model_path: Path) -> dict[str, A
     from mosaic.agents.rl import SB3SkipModel, load_agent
 
     agent = load_agent(model_path, opts.task)
+    if opts.task == "online":
+        return online_summary(cfg, opts, agent)
     if opts.task == "reschedule":
         from mosaic.envs.evaluation import compare_schedulers
         from mosaic.envs.instances import EVAL_STREAM, config_instances
@@ -139,6 +163,26 @@ def held_out_summary(cfg: RunConfig, opts: Any, model_path: Path) -> dict[str, A
     trows = compare_thresholds([heldout], {"learned (RL)": SB3SkipModel(agent)})
     console.print(threshold_table(trows, f"held-out queries ({len(heldout)})"))
     return {"thresholds": [r.as_dict() for r in trows]}
+
+
+def online_summary(cfg: RunConfig, opts: Any, agent: Any) -> dict[str, Any]:
+    """The trained agent deployed as the runs' skip policy on the held-out seeds, beside the fixed thresholds."""
+    from mosaic.agents.rl import SB3SkipModel
+    from mosaic.aggregation.thresholds import LearnedLoadPolicy
+    from mosaic.envs.agg_online import FIXED_ONLINE, compare_online
+    from mosaic.envs.training import online_kwargs
+    from mosaic.pipeline import skip_context
+
+    exps = online_kwargs(cfg, opts, True)["experiments"]
+    model = SB3SkipModel(agent, online=True)
+    rows = compare_online(exps, {**FIXED_ONLINE, "learned (RL)": lambda e: LearnedLoadPolicy(model, skip_context(e))})
+    t = Table("policy", "accuracy %", "skip %", "p50 s", "p99 s",
+              title=f"held-out online runs (seeds {[e.cfg.seed for e in exps]}), means")  # fmt: skip
+    for r in rows:
+        t.add_row(r["policy"], f"{100 * r['accuracy']:.2f}", f"{100 * r['skip_rate']:.1f}", f"{r['p50_s']:,.0f}",
+                  f"{r['p99_s']:,.0f}")  # fmt: skip
+    console.print(t)
+    return {"online": rows}
 
 
 # --- mosaic eval-agents ------------------------------------------------------------------------------------------

@@ -18,9 +18,9 @@ import numpy as np
 
 from mosaic.core.config import RunConfig, TrackingCfg
 from mosaic.core.errors import ConfigError
-from mosaic.envs import AGG_THRESHOLD_ID, RESCHEDULE_ID
+from mosaic.envs import AGG_ONLINE_ID, AGG_THRESHOLD_ID, RESCHEDULE_ID
 
-TASKS = ("reschedule", "threshold")
+TASKS = ("reschedule", "threshold", "online")
 ALGOS = ("ppo", "maskable-ppo", "dqn")
 SOURCES = ("config", "routerbench")
 
@@ -40,14 +40,20 @@ DEFAULTS: Mapping[tuple[str, str], Mapping[str, Any]] = {
     ("threshold", "maskable-ppo"): _BANDIT_PPO,
     ("threshold", "dqn"): {"learning_starts": 500, "buffer_size": 50_000, "target_update_interval": 500,
                            "exploration_fraction": 0.2, "gamma": 0.0, "train_freq": 4},
+    # online skips: a query's latency is paid when it is answered, hundreds of decisions later (gamma near 1)
+    ("online", "ppo"): {"n_steps": 4096, "batch_size": 256, "n_epochs": 5, "learning_rate": 3e-4, "gamma": 0.999,
+                        "gae_lambda": 0.98, "ent_coef": 0.01},
+    ("online", "dqn"): {"learning_starts": 2_000, "buffer_size": 100_000, "target_update_interval": 2_000,
+                        "exploration_fraction": 0.2, "gamma": 0.999, "train_freq": 4},
 }  # fmt: skip
+ONLINE_TRAIN_SEED, ONLINE_EVAL_SEED = 100, 200  # online: training runs at seeds seed + 100 + i, held-out + 200 + i
 
 
 @dataclass(frozen=True, slots=True)
 class TrainOptions:
     """One training run (``mosaic train``)."""
 
-    task: str  # "reschedule" | "threshold"
+    task: str  # "reschedule" | "threshold" | "online"
     algo: str = "maskable-ppo"  # "ppo" | "maskable-ppo" | "dqn"
     timesteps: int = 20_000  # environment steps
     seed: int = 0  # model seed; also the seed of the training/evaluation instances
@@ -83,6 +89,9 @@ def check_options(opts: TrainOptions) -> None:
         raise ConfigError(f"train: --algo must be one of {ALGOS}, got {opts.algo!r}")
     if opts.source not in SOURCES:
         raise ConfigError(f"train: --source must be one of {SOURCES}, got {opts.source!r}")
+    if (opts.task, opts.algo) not in DEFAULTS:
+        raise ConfigError(f"train: --algo {opts.algo} does not apply to task {opts.task!r} (no invalid actions to "
+                          "mask): use ppo or dqn")  # fmt: skip
     if opts.timesteps < 1 or opts.eval_freq < 1 or opts.n_eval < 1 or (opts.n_envs is not None and opts.n_envs < 1):
         raise ConfigError("train: --timesteps, --eval-freq, --n-eval and n_envs must be >= 1")
 
@@ -91,7 +100,9 @@ def n_envs(opts: TrainOptions) -> int:
     """Env copies of the training VecEnv (one policy call serves all of them)."""
     if opts.n_envs is not None:
         return opts.n_envs
-    return 1 if opts.algo == "dqn" else (8 if opts.task == "threshold" else 4)
+    if opts.algo == "dqn" or opts.task == "online":  # an online episode is a whole run: one at a time
+        return 1
+    return 8 if opts.task == "threshold" else 4
 
 
 # --- environments ------------------------------------------------------------------------------------------------
@@ -126,6 +137,18 @@ def threshold_tables(cfg: RunConfig, opts: TrainOptions) -> tuple[Any, Any]:
     return config_skip_table(cfg, opts.seed, TRAIN_STREAM), config_skip_table(cfg, opts.seed, EVAL_STREAM)
 
 
+def online_kwargs(cfg: RunConfig, opts: TrainOptions, heldout: bool) -> dict[str, Any]:
+    """Keyword arguments of the online env: the config's runs at the training (or held-out) seeds."""
+    from mosaic.envs.agg_online import online_experiments
+
+    env = dict(opts.env)
+    n = opts.n_eval if heldout else int(env.pop("n_train", 2))
+    env.pop("n_train", None)
+    first = opts.seed + (ONLINE_EVAL_SEED if heldout else ONLINE_TRAIN_SEED)
+    order = "cycle" if heldout else "random"
+    return {"experiments": online_experiments(cfg, range(first, first + n)), "experiment_order": order, **env}
+
+
 def make_env(env_id: str, kwargs: Mapping[str, Any], info_keywords: tuple[str, ...] = ()) -> Any:
     """``gymnasium.make(env_id, **kwargs)`` wrapped in SB3's Monitor (episode returns for the callbacks)."""
     import gymnasium as gym
@@ -152,6 +175,11 @@ def build_envs(cfg: RunConfig, opts: TrainOptions) -> tuple[Any, Any, dict[str, 
         meta |= {"n_slots": base.n_slots, "buckets": list(base.buckets), "quantum_frac": base.quantum_frac,
                  "start": base.start, "plan_scheduler": base.plan_scheduler, "n_workers": base.n_workers}  # fmt: skip
         return env, make_env(RESCHEDULE_ID, eval_kw, keys), meta
+    if opts.task == "online":
+        train_kw, eval_kw = online_kwargs(cfg, opts, False), online_kwargs(cfg, opts, True)
+        meta = {**opts.env, "train_seeds": [e.cfg.seed for e in train_kw["experiments"]],
+                "heldout_seeds": [e.cfg.seed for e in eval_kw["experiments"]]}  # fmt: skip
+        return make_vec_env(AGG_ONLINE_ID, train_kw, n_envs(opts)), make_env(AGG_ONLINE_ID, eval_kw), meta
     train_table, eval_table = threshold_tables(cfg, opts)
     env_kw = dict(opts.env)
     meta = {**env_kw, "source": opts.source, "test_share": opts.test_share, "split_seed": opts.seed,
@@ -243,9 +271,9 @@ def train(cfg: RunConfig, opts: TrainOptions) -> TrainResult:
     from mosaic.report.tracking import Tracker
 
     check_options(opts)
+    env, eval_env, env_meta = build_envs(cfg, opts)  # a bad config or env option stops here, nothing written
     out = Path(opts.out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    env, eval_env, env_meta = build_envs(cfg, opts)
     model = build_model(opts, env)
     model.set_logger(configure(str(out), ["csv", "stdout"] if opts.verbose else ["csv"]))
     run_name = f"{cfg.name}__train-{opts.task}__{opts.algo}__seed{opts.seed}"
