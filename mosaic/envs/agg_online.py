@@ -10,9 +10,10 @@ re-implemented. The run goes on in a worker thread that hands each decision to t
 the two never run at once, so an episode is as deterministic as the run.
 
 Reward of a decision: ``accuracy_weight`` x (correct if skipped - correct if aggregated) when it skips (0 when it
-aggregates: the aggregator's answer is the reference), minus ``latency_weight`` x the sum, over the queries answered
-since the previous decision, of (latency / ``latency_scale_s``) ** ``latency_power``. An episode's return is thus
-``accuracy_weight`` x the correct answers gained over always aggregating minus the latency cost of every query.
+aggregates: the aggregator's answer is the reference), minus the latency cost accrued since the previous decision: a
+query costs ``latency_weight`` x (latency / ``latency_scale_s``) ** ``latency_power``, charged as its age grows while
+it waits (a holding cost, so that a skip shows in the next rewards). An episode's return is thus ``accuracy_weight``
+x the correct answers gained over always aggregating minus the latency cost of every query.
 """
 
 from __future__ import annotations
@@ -51,10 +52,11 @@ class _Handoff(LearnedLoadPolicy):
 
     def __init__(self, episode: Episode, context: Any) -> None:
         super().__init__(episode.ask, context)
-        self.query_id = -1  # the query being decided
+        self.query_id, self.now = -1, 0.0  # the query being decided, and the run's clock then
 
     def decide(self, query, answers, confidence) -> bool:  # type: ignore[no-untyped-def]
         self.query_id = query.id
+        self.now = self.probe().now if self.probe is not None else 0.0
         return super().decide(query, answers, confidence)
 
 
@@ -80,6 +82,9 @@ class Episode:
         self.thread = threading.Thread(target=self._run, name="mosaic-agg-online", daemon=True)
         self.result: RunResult | None = None
         self.answered: dict[int, float] = {}  # query -> when its answer came
+        self.arrivals = np.array([q.arrival for q in wl.queries], dtype=float)
+        self.answer_at = np.full(len(wl.queries), np.inf)  # the same as an array (inf: not answered yet)
+        self.charged = 0.0  # the latency cost charged so far (see AggOnlineEnv._holding_cost)
         self._seen, self._expert_end, self._experts_done = 0, {}, {}  # records read; per query: last end, count
         self._skipped: set[int] = set()  # skipped queries whose experts' records are not all read yet
 
@@ -135,26 +140,23 @@ class Episode:
             self.to_run.put(None)
         self.thread.join()
 
-    def newly_answered(self) -> list[int]:
-        """Queries answered in the records written since the last call (a skipped query: when its last expert
-        finished; an aggregated one: when its aggregator request did)."""
-        recs, out = self.trace.records, []
+    def read_records(self) -> None:
+        """Read the records written since the last call: when each query was answered (a skipped one: when its last
+        expert finished; an aggregated one: when its aggregator request did)."""
+        recs = self.trace.records
         for rec in recs[self._seen :]:
             if type(rec) is not RequestRecord:
                 continue
             q = rec.query_id
             if rec.stage == AGGREGATION_STAGE:
-                self.answered[q] = rec.end
-                out.append(q)
+                self.answered[q] = self.answer_at[q] = rec.end
             else:
                 self._expert_end[q] = max(self._expert_end.get(q, rec.end), rec.end)
                 self._experts_done[q] = self._experts_done.get(q, 0) + 1
         self._seen = len(recs)
         for q in [q for q in self._skipped if self._experts_done.get(q, 0) == self.k[q]]:
             self._skipped.discard(q)
-            self.answered[q] = self._expert_end[q]
-            out.append(q)
-        return out
+            self.answered[q] = self.answer_at[q] = self._expert_end[q]
 
     def skipped(self, query: int) -> None:
         self._skipped.add(query)
@@ -211,15 +213,24 @@ class AggOnlineEnv(gym.Env):
         if skip:
             ep.skipped(q)
         kind, value = ep.act(skip)
-        reward -= self._latency_cost(ep, ep.newly_answered())
-        if kind == "decide":
+        ep.read_records()
+        done = kind != "decide"
+        reward -= self._holding_cost(ep, math.inf if done else ep.policy.now)
+        if not done:
             self._obs = self._clip(value)
             return self._obs, float(reward), False, False, {}
         return self._obs, float(reward), True, False, self.summary()
 
-    def _latency_cost(self, ep: Episode, queries: Sequence[int]) -> float:
-        qs, scale, power = ep.exp.workload.queries, self.latency_scale_s, self.latency_power
-        return self.latency_weight * sum((max(ep.answered[q] - qs[q].arrival, 0.0) / scale) ** power for q in queries)
+    def _holding_cost(self, ep: Episode, now: float) -> float:
+        """The latency cost accrued up to ``now`` and not charged yet: every query that has arrived costs
+        ``latency_weight x (age / latency_scale_s) ** latency_power`` at its answer, charged as its age grows (a
+        holding cost: the queries in the system pay at every step, so a skip shows in the next rewards, not only
+        when the aggregator would have answered). Charged in full, the cost is the same sum over the answered
+        queries' latencies, whatever the decision times."""
+        age = np.minimum(ep.answer_at, now) - ep.arrivals
+        total = self.latency_weight * float(np.sum((np.maximum(age, 0.0) / self.latency_scale_s) ** self.latency_power))
+        cost, ep.charged = total - ep.charged, total
+        return cost
 
     def summary(self) -> dict[str, float]:
         """The finished episode's accuracy, skip rate and latency percentiles (seconds)."""
