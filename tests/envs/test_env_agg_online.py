@@ -182,7 +182,6 @@ def test_a_trained_agent_runs_from_a_config(exps, tmp_path) -> None:
     assert AggOnlineEnv().experiments[0].workload.name.startswith("medmcqa")  # the default: MedMCQA online
 
 
-
 def test_train_online_command(tmp_path) -> None:
     """``mosaic train online``: PPO on the config's training runs, the held-out runs' table beside the fixed T."""
     from mosaic.agents.rl import load_agent
