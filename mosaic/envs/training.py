@@ -40,7 +40,7 @@ DEFAULTS: Mapping[tuple[str, str], Mapping[str, Any]] = {
     ("threshold", "maskable-ppo"): _BANDIT_PPO,
     ("threshold", "dqn"): {"learning_starts": 500, "buffer_size": 50_000, "target_update_interval": 500,
                            "exploration_fraction": 0.2, "gamma": 0.0, "train_freq": 4},
-    # online skips: a query's latency is paid when it is answered, hundreds of decisions later (gamma near 1)
+    # online skips: a skip shortens the queue for hundreds of decisions after it (gamma near 1)
     ("online", "ppo"): {"n_steps": 4096, "batch_size": 256, "n_epochs": 5, "learning_rate": 3e-4, "gamma": 0.999,
                         "gae_lambda": 0.98, "ent_coef": 0.01},
     ("online", "dqn"): {"learning_starts": 2_000, "buffer_size": 100_000, "target_update_interval": 2_000,
