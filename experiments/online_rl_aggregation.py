@@ -57,6 +57,7 @@ class Args:
     latency_scale: float = 100.0  # seconds
     latency_power: float = 1.0
     steps: int = 100_000  # PPO timesteps per model (one step: one query's decision)
+    ent_coef: float = PPO_OPTIONS["ent_coef"]  # PPO's entropy bonus
     normalize_reward: bool = False  # train on rewards scaled by a running std of the return (SB3 VecNormalize)
     set: tuple[str, ...] = ()
     out: str = "runs/online_rl_aggregation"
@@ -79,14 +80,15 @@ def train(args: Args, rate: float, weight: float, path: Path, console: Console) 
                                             args.latency_power)])  # fmt: skip
     if args.normalize_reward:
         env = VecNormalize(env, norm_obs=False, norm_reward=True, gamma=PPO_OPTIONS["gamma"])
-    model = PPO("MlpPolicy", env, seed=0, device="cpu", verbose=0, **PPO_OPTIONS)
+    options = {**PPO_OPTIONS, "ent_coef": args.ent_coef}
+    model = PPO("MlpPolicy", env, seed=0, device="cpu", verbose=0, **options)
     t0 = time.perf_counter()
     model.learn(total_timesteps=args.steps)
     env.close()
     model.save(str(path))
     meta = {"task": ONLINE_TASK, "algo": "ppo", "rate": rate, "latency_weight": weight,
             "latency_scale_s": args.latency_scale, "latency_power": args.latency_power, "steps": args.steps,
-            "tune_seeds": list(args.tune_seeds), "ppo": PPO_OPTIONS, "normalize_reward": args.normalize_reward,
+            "tune_seeds": list(args.tune_seeds), "ppo": options, "normalize_reward": args.normalize_reward,
             "train_s": time.perf_counter() - t0}  # fmt: skip
     save_meta(path, meta)
     console.print(f"  trained lat_w={weight:g} in {meta['train_s']:.0f} s -> {path}")
