@@ -71,19 +71,17 @@ class Episode:
         self.policy = _Handoff(self, skip_context(exp))
         self.planned = plan_scheduler(exp, scheduler, self.policy)
         votes = Executor(None, AlwaysAggregate()).votes(wl, exp.responses)  # type: ignore[arg-type]
-        agg = wl.aggregator.name
+        agg = [exp.responses.get(q.id, wl.aggregator.name) for q in wl.queries]
         self.correct_skip = [bool(v.majority_correct) for v in votes]
-        self.correct_agg = [bool(is_correct(exp.responses.get(q.id, agg).answer, q,
-                                            exp.responses.get(q.id, agg).correct)) for q in wl.queries]  # fmt: skip
+        self.correct_agg = [bool(is_correct(r.answer, q, r.correct)) for q, r in zip(wl.queries, agg, strict=True)]
         self.k = [len(r) for r in wl.routes]
         self.trace = TraceWriter(None)
         self.to_env: queue.SimpleQueue = queue.SimpleQueue()
         self.to_run: queue.SimpleQueue = queue.SimpleQueue()
         self.thread = threading.Thread(target=self._run, name="mosaic-agg-online", daemon=True)
         self.result: RunResult | None = None
-        self.answered: dict[int, float] = {}  # query -> when its answer came
         self.arrivals = np.array([q.arrival for q in wl.queries], dtype=float)
-        self.answer_at = np.full(len(wl.queries), np.inf)  # the same as an array (inf: not answered yet)
+        self.answer_at = np.full(len(wl.queries), np.inf)  # query -> when its answer came (inf: not yet)
         self.charged = 0.0  # the latency cost charged so far (see AggOnlineEnv._holding_cost)
         self._seen, self._expert_end, self._experts_done = 0, {}, {}  # records read; per query: last end, count
         self._skipped: set[int] = set()  # skipped queries whose experts' records are not all read yet
@@ -149,14 +147,19 @@ class Episode:
                 continue
             q = rec.query_id
             if rec.stage == AGGREGATION_STAGE:
-                self.answered[q] = self.answer_at[q] = rec.end
+                self.answer_at[q] = rec.end
             else:
                 self._expert_end[q] = max(self._expert_end.get(q, rec.end), rec.end)
                 self._experts_done[q] = self._experts_done.get(q, 0) + 1
         self._seen = len(recs)
         for q in [q for q in self._skipped if self._experts_done.get(q, 0) == self.k[q]]:
             self._skipped.discard(q)
-            self.answered[q] = self.answer_at[q] = self._expert_end[q]
+            self.answer_at[q] = self._expert_end[q]
+
+    @property
+    def answered(self) -> dict[int, float]:
+        """Query -> when its answer came, for the queries answered so far."""
+        return {int(q): float(self.answer_at[q]) for q in np.flatnonzero(np.isfinite(self.answer_at))}
 
     def skipped(self, query: int) -> None:
         self._skipped.add(query)
@@ -237,8 +240,8 @@ class AggOnlineEnv(gym.Env):
         ep = self.episode
         if ep is None or ep.result is None:
             return {}
-        qs = ep.exp.workload.queries
-        lat = np.array([ep.answered[q.id] - q.arrival for q in qs if q.id in ep.answered])
+        done = np.isfinite(ep.answer_at)
+        lat = ep.answer_at[done] - ep.arrivals[done]
         pct = np.percentile(lat, [50, 99]) if lat.size else (math.nan, math.nan)
         acc = ep.result.accuracy if ep.result.accuracy is not None else math.nan
         return {"accuracy": float(acc), "skip_rate": ep.result.skip_rate, "p50_s": float(pct[0]),

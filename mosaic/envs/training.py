@@ -142,8 +142,8 @@ def online_kwargs(cfg: RunConfig, opts: TrainOptions, heldout: bool) -> dict[str
     from mosaic.envs.agg_online import online_experiments
 
     env = dict(opts.env)
-    n = opts.n_eval if heldout else int(env.pop("n_train", 2))
-    env.pop("n_train", None)
+    n_train = int(env.pop("n_train", 2))
+    n = opts.n_eval if heldout else n_train
     first = opts.seed + (ONLINE_EVAL_SEED if heldout else ONLINE_TRAIN_SEED)
     order = "cycle" if heldout else "random"
     return {"experiments": online_experiments(cfg, range(first, first + n)), "experiment_order": order, **env}
