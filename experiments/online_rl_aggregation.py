@@ -29,9 +29,9 @@ from online_aggregation import _cfg as online_cfg
 from rich.console import Console
 from rich.table import Table
 
-from mosaic.agents.rl import ONLINE_TASK, LoadedAgent, SB3SkipModel, limit_torch_threads, save_meta
+from mosaic.agents.rl import ONLINE_TASK, LoadedAgent, SB3SkipModel, limit_torch_threads, load_agent, save_meta
 from mosaic.aggregation.interface import AggregationPolicy, AlwaysAggregate
-from mosaic.aggregation.thresholds import FixedThreshold, LearnedLoadPolicy
+from mosaic.aggregation.thresholds import ONLINE_FEATURE_NAMES, FixedThreshold, LearnedLoadPolicy
 from mosaic.core.script_args import parse_dataclass_args
 from mosaic.envs.agg_online import AggOnlineEnv
 from mosaic.pipeline import Experiment, plan_scheduler, prepare, run_scheduler, skip_context
@@ -61,6 +61,7 @@ class Args:
     normalize_reward: bool = False  # train on rewards scaled by a running std of the return (SB3 VecNormalize)
     set: tuple[str, ...] = ()
     out: str = "runs/online_rl_aggregation"
+    inspect: str = ""  # a trained model.zip: print what it skips on --seeds[0] at --loads[0], train nothing
 
 
 def experiment(args: Args, seed: int, rate: float) -> Experiment:
@@ -115,6 +116,28 @@ def measure(args: Args, seed: int, rate: float, agents: dict[str, LoadedAgent]) 
         out[name] = {acc: accuracy_under(exp, run, args.aggregator_fix, seed), "skip": run.result.skip_rate,
                      "p50": m.latency["p50"], "p99": m.latency["p99"], "mean": m.latency["mean"]}  # fmt: skip
     return out
+
+
+def inspect(args: Args, console: Console) -> None:
+    """Where the ``--inspect`` model skips (the observation it gets at each decision, deployed): its skip rate per
+    vote share, and the mean of each varying feature over the unanimous votes it skips and those it aggregates."""
+    exp = experiment(args, args.seeds[0], args.loads[0] * args.capacity)
+    model, rows = SB3SkipModel(load_agent(args.inspect), online=True), []
+
+    def recording(features: np.ndarray) -> int:
+        rows.append((*features, model.predict(features)))
+        return rows[-1][-1]
+
+    run_scheduler(exp, plan_scheduler(exp, args.scheduler, LearnedLoadPolicy(recording, skip_context(exp))))
+    x = np.array(rows)
+    share, skip = np.round(x[:, 0], 3), x[:, -1] == 1
+    for c in np.unique(share):
+        console.print(f"vote share {c:.3f}: {int((share == c).sum())} queries, {skip[share == c].mean():.1%} skipped")
+    unanimous = share == 1.0
+    for j, name in enumerate(ONLINE_FEATURE_NAMES):
+        if x[unanimous, j].std() > 0:
+            console.print(f"unanimous, {name}: skipped {x[unanimous & skip, j].mean():.3f}, aggregated "
+                          f"{x[unanimous & ~skip, j].mean():.3f}")  # fmt: skip
 
 
 def run_all(args: Args, console: Console) -> dict:
@@ -202,6 +225,9 @@ def main(argv: list[str] | None = None) -> dict:
     args = parse_dataclass_args(Args, __doc__, argv)
     console = Console(width=200)
     online_cfg(OnlineArgs(config=args.config, set=args.set), args.seeds[0], None)  # a bad config stops here
+    if args.inspect:
+        inspect(args, console)
+        return {}
     doc = run_all(args, console)
     write(doc, Path(args.out), console)
     return doc
